@@ -1,0 +1,132 @@
+"""The contract between the harness and a framework adapter, and backend discovery.
+
+An adapter is the only place a framework is imported. It translates the task's layer
+list, loads the canonical initial weights, trains on the batches the harness hands it and
+exports parameters and gradients back to the canonical layout. It does no timing, no
+statistics and no file writing: the worker measures it from the outside, the same way for
+every backend.
+
+Backends are found through the ``fwbench.backends`` entry-point group. Each entry point
+names a ``Backend``: a small framework-free description (which module and class, which
+distributions it needs), so listing backends never imports a framework.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import importlib.metadata as md
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import spec
+
+ENTRY_POINT_GROUP = "fwbench.backends"
+
+
+class Adapter(abc.ABC):
+    """One framework's implementation of a task. Built in a worker process, one per cell.
+
+    Arrays cross the interface as NumPy: inputs ``x`` (float32 NCHW images or int32 token
+    ids), labels ``y`` (int32), parameters and gradients as ``{name: float32 array}`` in
+    the canonical layout of ``spec``.
+    """
+
+    def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
+        self.task = task
+        self.threads = threads
+        self.options = dict(options or {})
+
+    @abc.abstractmethod
+    def build(self, params: dict[str, np.ndarray]) -> None:
+        """Build the model and its optimizer from canonical ``params``."""
+
+    @abc.abstractmethod
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        """One optimizer step on the batch; returns the batch's mean loss as a Python float.
+
+        Returning a host float synchronises the step, so asynchronous dispatch cannot hide
+        work from the timer around this call.
+        """
+
+    @abc.abstractmethod
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        """(sum of per-example losses, number of correct predictions) on one eval batch."""
+
+    @abc.abstractmethod
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits in evaluation mode, float32 [N, classes]."""
+
+    @abc.abstractmethod
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """(mean loss, gradients in the canonical layout) at the current parameters; no step."""
+
+    @abc.abstractmethod
+    def export_params(self) -> dict[str, np.ndarray]:
+        """Current parameters in the canonical layout."""
+
+    def thread_settings(self) -> dict[str, Any]:
+        """The thread counts the framework itself reports (recorded, not trusted)."""
+        return {}
+
+    @classmethod
+    def framework_version(cls) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the harness knows of a backend without importing its framework."""
+
+    name: str
+    adapter: str  # "module:Class"
+    requires: tuple[str, ...]  # distributions that must be installed
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = "built-in"
+
+    def missing(self) -> list[str]:
+        out = []
+        for dist in self.requires:
+            try:
+                md.version(dist)
+            except md.PackageNotFoundError:
+                out.append(dist)
+        return out
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for dist in self.requires:
+            try:
+                out[dist] = md.version(dist)
+            except md.PackageNotFoundError:
+                out[dist] = "not installed"
+        return out
+
+    @property
+    def installed(self) -> bool:
+        return not self.missing()
+
+    def load(self) -> type[Adapter]:
+        """Import the adapter class (and so its framework). Call in a worker only."""
+        module, _, cls = self.adapter.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+def discover() -> dict[str, Backend]:
+    """All registered backends by name, built-ins first then plugins, sorted by name."""
+    found: dict[str, Backend] = {}
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        backends = obj if isinstance(obj, (list, tuple)) else [obj]
+        dist = getattr(ep, "dist", None)
+        for b in backends:
+            if not isinstance(b, Backend):
+                continue
+            if dist is not None and dist.name != "fwbench" and b.source == "built-in":
+                b = Backend(b.name, b.adapter, b.requires, b.options, b.description,
+                            f"plugin {dist.name} {dist.version}")
+            found.setdefault(b.name, b)
+    return dict(sorted(found.items()))

@@ -1,0 +1,338 @@
+"""The backend-neutral specification: layers, optimizers, tasks, profiles.
+
+This module is the single source of truth. Tasks are data: a data set, a preprocessing
+name, a list of layers from a small IR, a loss, an optimizer formula and budgets. Every
+adapter translates the same layer list; no task has framework code of its own.
+
+Canonical parameter layout (shared by all adapters, produced by ``init_params``):
+
+- Dense:     ``kernel`` [in, out], ``bias`` [out]
+- Conv2D:    ``kernel`` [out, in, kh, kw], ``bias`` [out]; activations are NCHW
+- Flatten:   flattens C, H, W in that order (NCHW row-major)
+- Embedding: ``table`` [vocab, dim]
+- LSTM:      ``w_ih`` [4H, in], ``w_hh`` [4H, H], ``bias`` [4H] (one bias), gates i, f, g, o;
+             the output is the last hidden state h_T (no masking: padding is just token 0)
+
+Parameter names are ``"<layer index>.<name>"``, e.g. ``"1.kernel"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+
+# --------------------------------------------------------------------------- layers
+
+
+@dataclass(frozen=True)
+class Flatten:
+    pass
+
+
+@dataclass(frozen=True)
+class Dense:
+    units: int
+
+
+@dataclass(frozen=True)
+class Conv2D:
+    """Valid padding, stride 1."""
+
+    filters: int
+    kernel: int
+
+
+@dataclass(frozen=True)
+class MaxPool2D:
+    """Non-overlapping: window = stride = ``pool``."""
+
+    pool: int
+
+
+@dataclass(frozen=True)
+class ReLU:
+    pass
+
+
+@dataclass(frozen=True)
+class Dropout:
+    """Inverted dropout in training, identity in evaluation."""
+
+    rate: float
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vocab: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class LSTM:
+    """Returns the last hidden state."""
+
+    units: int
+
+
+Layer = Union[Flatten, Dense, Conv2D, MaxPool2D, ReLU, Dropout, Embedding, LSTM]
+
+# ----------------------------------------------------------------------- optimizers
+# Each optimizer is a formula (MLPerf-style "compliant optimizer"); t counts steps from 1.
+# ``optim.numpy_step`` implements these formulas as the reference every backend is held to.
+
+
+@dataclass(frozen=True)
+class SGDMomentum:
+    """v = m*v + g;  w -= lr*v"""
+
+    lr: float
+    momentum: float
+
+
+@dataclass(frozen=True)
+class RMSprop:
+    """s = rho*s + (1-rho)*g^2;  w -= lr*g/(sqrt(s) + eps)   (eps outside the sqrt)"""
+
+    lr: float
+    rho: float
+    eps: float
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Kingma & Ba, Algorithm 1:
+    m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2;
+    w -= lr*(m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)"""
+
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+
+
+Optimizer = Union[SGDMomentum, RMSprop, Adam]
+
+# ---------------------------------------------------------------------------- tasks
+
+PROFILES = ("smoke", "quick", "full")
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    sample_data: bool  # True: the small sample shipped in the package
+    default_seeds: int
+    description: str
+
+
+PROFILE_INFO = {
+    "smoke": Profile("smoke", True, 1, "shipped sample data, 1 epoch: seconds per cell"),
+    "quick": Profile("quick", False, 1, "full data, 1 epoch, 1 seed (default)"),
+    "full": Profile("full", False, 3, "full data, the task's epochs, 3 seeds"),
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    description: str
+    dataset: str  # "mnist" | "imdb"
+    preprocessing: str  # "mnist_scaled" | "mnist_lenet" | "imdb_sequences"
+    input_shape: tuple[int, ...]  # one example, without the batch dimension
+    input_dtype: str  # "float32" | "int32"
+    layers: tuple[Layer, ...]
+    optimizer: Optimizer
+    batch_size: int
+    epochs_full: int
+    target_accuracy: float
+    num_classes: int
+    loss: str = "softmax_cross_entropy"  # on logits, mean over the batch
+    eval_batch: int = EVAL_BATCH
+    source: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def epochs(self, profile: str) -> int:
+        return self.epochs_full if profile == "full" else 1
+
+
+IMDB_VOCAB = 20_000  # table rows, including 0 = padding and 1 = out-of-vocabulary
+IMDB_MAXLEN = 200
+IMDB_TOKEN_RE = r"[a-z0-9']+"
+
+TASKS: dict[str, Task] = {
+    "mlp": Task(
+        name="mlp",
+        description="MLP 784-512-10 on MNIST (the classic Keras example)",
+        dataset="mnist",
+        preprocessing="mnist_scaled",
+        input_shape=(1, 28, 28),
+        input_dtype="float32",
+        layers=(Flatten(), Dense(512), ReLU(), Dense(10)),
+        optimizer=RMSprop(lr=1e-3, rho=0.9, eps=1e-7),
+        batch_size=128,
+        epochs_full=5,
+        target_accuracy=0.98,
+        num_classes=10,
+        source="keras-team/keras examples: mnist_mlp",
+    ),
+    "lenet": Task(
+        name="lenet",
+        description="LeNet-5 on MNIST padded to 32x32 (the MindSpore tutorial model)",
+        dataset="mnist",
+        preprocessing="mnist_lenet",
+        input_shape=(1, 32, 32),
+        input_dtype="float32",
+        layers=(
+            Conv2D(6, 5), ReLU(), MaxPool2D(2),
+            Conv2D(16, 5), ReLU(), MaxPool2D(2),
+            Flatten(), Dense(120), ReLU(), Dense(84), ReLU(), Dense(10),
+        ),
+        optimizer=SGDMomentum(lr=0.01, momentum=0.9),
+        batch_size=64,
+        epochs_full=5,
+        target_accuracy=0.988,
+        num_classes=10,
+        source="MindSpore quick start: LeNet-5",
+    ),
+    "lstm": Task(
+        name="lstm",
+        description="LSTM sentiment classifier on IMDB (embedding 64, LSTM 64, last state)",
+        dataset="imdb",
+        preprocessing="imdb_sequences",
+        input_shape=(IMDB_MAXLEN,),
+        input_dtype="int32",
+        layers=(Embedding(IMDB_VOCAB, 64), LSTM(64), Dense(2)),
+        optimizer=Adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7),
+        batch_size=64,
+        epochs_full=3,
+        target_accuracy=0.85,
+        num_classes=2,
+        source="IMDB sentiment with an LSTM (Keras / MindSpore tutorials)",
+    ),
+}
+
+# ------------------------------------------------------------------ shapes and init
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str  # "<layer index>.<role>"
+    shape: tuple[int, ...]
+    init: str  # glorot_uniform | zeros | orthogonal | lstm_bias | uniform_0.05
+    fan: tuple[int, int] = (0, 0)  # (fan_in, fan_out) for glorot
+
+
+def output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one example after ``layer`` (no batch dimension)."""
+    if isinstance(layer, Flatten):
+        return (int(np.prod(shape)),)
+    if isinstance(layer, Dense):
+        return (layer.units,)
+    if isinstance(layer, Conv2D):
+        c, h, w = shape
+        return (layer.filters, h - layer.kernel + 1, w - layer.kernel + 1)
+    if isinstance(layer, MaxPool2D):
+        c, h, w = shape
+        return (c, h // layer.pool, w // layer.pool)
+    if isinstance(layer, (ReLU, Dropout)):
+        return shape
+    if isinstance(layer, Embedding):
+        return (*shape, layer.dim)
+    if isinstance(layer, LSTM):
+        return (layer.units,)
+    raise TypeError(f"unknown layer {layer!r}")
+
+
+def param_specs(task: Task) -> list[ParamSpec]:
+    """The canonical parameters of ``task``, in layer order."""
+    specs: list[ParamSpec] = []
+    shape = task.input_shape
+    for i, layer in enumerate(task.layers):
+        if isinstance(layer, Dense):
+            (n_in,) = shape
+            specs += [
+                ParamSpec(f"{i}.kernel", (n_in, layer.units), "glorot_uniform", (n_in, layer.units)),
+                ParamSpec(f"{i}.bias", (layer.units,), "zeros"),
+            ]
+        elif isinstance(layer, Conv2D):
+            c_in, k = shape[0], layer.kernel
+            fan = (c_in * k * k, layer.filters * k * k)
+            specs += [
+                ParamSpec(f"{i}.kernel", (layer.filters, c_in, k, k), "glorot_uniform", fan),
+                ParamSpec(f"{i}.bias", (layer.filters,), "zeros"),
+            ]
+        elif isinstance(layer, Embedding):
+            specs.append(ParamSpec(f"{i}.table", (layer.vocab, layer.dim), "uniform_0.05"))
+        elif isinstance(layer, LSTM):
+            n_in, h = shape[-1], layer.units
+            specs += [
+                # Keras: the input kernel [in, 4H] is Glorot over (in, 4H)
+                ParamSpec(f"{i}.w_ih", (4 * h, n_in), "glorot_uniform", (n_in, 4 * h)),
+                ParamSpec(f"{i}.w_hh", (4 * h, h), "orthogonal"),
+                ParamSpec(f"{i}.bias", (4 * h,), "lstm_bias"),
+            ]
+        shape = output_shape(layer, shape)
+    if shape != (task.num_classes,):
+        raise ValueError(f"task {task.name}: output shape {shape}, expected ({task.num_classes},)")
+    return specs
+
+
+def param_count(task: Task) -> int:
+    return int(sum(np.prod(p.shape) for p in param_specs(task)))
+
+
+def _orthogonal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Keras Orthogonal for a [4H, H] matrix: QR of a normal matrix, sign-corrected."""
+    rows, cols = shape
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q = q * np.sign(np.diag(r))
+    return q if rows >= cols else q.T
+
+
+def init_params(task: Task, seed: int) -> dict[str, np.ndarray]:
+    """Initial weights in the canonical layout, float32, deterministic per (task, seed).
+
+    Keras-style defaults: Glorot-uniform kernels, zero biases, orthogonal LSTM recurrent
+    kernel, LSTM forget-gate bias 1, embedding U(-0.05, 0.05). Every adapter loads these.
+    """
+    rng = np.random.default_rng([seed, sum(map(ord, task.name))])
+    out: dict[str, np.ndarray] = {}
+    for p in param_specs(task):
+        if p.init == "glorot_uniform":
+            limit = np.sqrt(6.0 / (p.fan[0] + p.fan[1]))
+            v = rng.uniform(-limit, limit, p.shape)
+        elif p.init == "zeros":
+            v = np.zeros(p.shape)
+        elif p.init == "orthogonal":
+            v = _orthogonal(rng, p.shape)  # type: ignore[arg-type]
+        elif p.init == "lstm_bias":
+            h = p.shape[0] // 4
+            v = np.zeros(p.shape)
+            v[h : 2 * h] = 1.0  # gate order i, f, g, o: forget gate bias 1
+        elif p.init == "uniform_0.05":
+            v = rng.uniform(-0.05, 0.05, p.shape)
+        else:  # pragma: no cover - param_specs only emits the above
+            raise ValueError(p.init)
+        out[p.name] = np.ascontiguousarray(v, dtype=np.float32)
+    return out
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The permutation of the ``n`` training examples for ``epoch`` (from 1) of ``seed``."""
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Index arrays of the training batches of one epoch; the last partial batch is dropped."""
+    order = epoch_order(seed, epoch, n)
+    steps = n // batch_size
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(steps)]
+
+
+def eval_slices(n: int, batch: int = EVAL_BATCH) -> list[slice]:
+    """Evaluation covers every test example exactly once, in order."""
+    return [slice(i, min(i + batch, n)) for i in range(0, n, batch)]
