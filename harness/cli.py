@@ -1,0 +1,267 @@
+"""The ``fwbench`` command line. Input is validated here, once; the inside trusts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import environment, spec
+from .adapter import Backend, discover
+from .errors import FwbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train the same models on several deep-learning frameworks and compare them.")
+console = Console()
+err = Console(stderr=True)
+DEBUG = False
+
+
+def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
+    if value is None:
+        return []
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise FwbenchError(f"--{what} is empty; choose from {', '.join(allowed)}")
+    for item in items:
+        if item not in allowed:
+            raise FwbenchError(f"unknown {what[:-1]} {item!r}; choose from {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend]]:
+    known = discover()
+    if value is None:
+        names = [n for n, b in known.items() if b.installed and not b.options]
+        if not names:
+            raise FwbenchError("no backend is installed; install one, e.g. pip install -e '.[torch]'")
+        return names, known
+    names = _csv(value, list(known), "backends")
+    for n in names:
+        missing = known[n].missing()
+        if missing:
+            raise FwbenchError(f"backend {n!r} is not installed (missing {', '.join(missing)}); "
+                               f"pip install -e '.[{known[n].requires[0]}]'")
+    return names, known
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Tasks, profiles and backends (with installed versions)."""
+    t = Table(title="tasks")
+    for c in ("task", "description", "params", "optimizer", "batch", "epochs (full)", "target"):
+        t.add_column(c)
+    for task in spec.TASKS.values():
+        t.add_row(task.name, task.description, f"{spec.param_count(task):,}",
+                  type(task.optimizer).__name__, str(task.batch_size), str(task.epochs_full),
+                  f"{task.target_accuracy:g}")
+    console.print(t)
+    p = Table(title="profiles")
+    p.add_column("profile")
+    p.add_column("description")
+    for prof in spec.PROFILE_INFO.values():
+        p.add_row(prof.name, prof.description)
+    console.print(p)
+    b = Table(title="backends")
+    for c in ("backend", "versions", "source", "description"):
+        b.add_column(c)
+    for name, backend in discover().items():
+        versions = ", ".join(f"{k} {v}" for k, v in backend.versions().items())
+        b.add_row(name, versions, backend.source, backend.description)
+    console.print(b)
+
+
+@app.command("env")
+def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """The machine and software fwbench sees."""
+    info = environment.capture()
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    t = Table(show_header=False)
+    for k, v in info.items():
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None) or "–"
+        t.add_row(k, str(v))
+    console.print(t)
+
+
+@app.command("run")
+def run_cmd(
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
+    backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
+    profile: Optional[str] = typer.Option(None, help="smoke | quick (default) | full"),
+    seeds: Optional[int] = typer.Option(None, help="Seeds per cell, 0..K-1 (default: the profile's)."),
+    threads: Optional[int] = typer.Option(None, help="Threads per cell (default: all available cores)."),
+    out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/<timestamp>)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Folder with mnist/ and imdb/ files (or FWBENCH_DATA_DIR)."),
+    timeout: float = typer.Option(3600.0, help="Seconds per cell before it is killed."),
+    resume: Optional[Path] = typer.Option(None, help="Finish an interrupted run folder."),
+) -> None:
+    """Train every (task, backend, seed) cell, each in its own process."""
+    from . import runner
+
+    given = {k: v for k, v in (("tasks", tasks), ("backends", backends), ("profile", profile),
+                               ("seeds", seeds), ("threads", threads)) if v is not None}
+    profile = profile or "quick"
+    if profile not in spec.PROFILES:
+        raise FwbenchError(f"unknown profile {profile!r}; choose from {', '.join(spec.PROFILES)}")
+    task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
+    backend_names, known = _select_backends(backends)
+    n_seeds = spec.PROFILE_INFO[profile].default_seeds if seeds is None else seeds
+    if n_seeds < 1:
+        raise FwbenchError(f"--seeds must be at least 1 (got {n_seeds})")
+    cpus = environment.available_cpus()
+    n_threads = len(cpus) if threads is None else threads
+    if not 1 <= n_threads <= len(cpus):
+        raise FwbenchError(f"--threads must be between 1 and {len(cpus)}, the cores available (got {n_threads})")
+    if timeout <= 0:
+        raise FwbenchError("--timeout must be positive")
+    config = runner.RunConfig(tuple(task_names), tuple(backend_names), profile,
+                              tuple(range(n_seeds)), n_threads, timeout,
+                              str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"))
+    if resume is not None:
+        run_dir = resume
+        meta_path = run_dir / runner.RUN_JSON
+        if not meta_path.is_file():
+            raise FwbenchError(f"{run_dir} has no {runner.RUN_JSON}: nothing to resume")
+        saved = json.loads(meta_path.read_text())["config"]
+        saved_config = runner.RunConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                           for k, v in saved.items()})
+        mismatched = [k for k in given if getattr(config, k) != getattr(saved_config, k)]
+        if mismatched:
+            raise FwbenchError(f"--resume: {', '.join(mismatched)} differ from {meta_path}; "
+                               "drop those options to resume the run as it was configured")
+        config = saved_config
+        missing = [b for b in config.backends if b not in known or known[b].missing()]
+        if missing:
+            raise FwbenchError(f"--resume: backend(s) {', '.join(missing)} of that run are not installed")
+    else:
+        run_dir = out or runner.new_run_dir()
+        if (run_dir / runner.RESULTS).exists():
+            raise FwbenchError(f"{run_dir} already holds results; use --resume {run_dir} or another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise FwbenchError(f"cannot write to {run_dir}: {exc.strerror or exc}") from None
+
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run_dir / ".fwbench.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FwbenchError(f"another fwbench run is writing to {run_dir}") from None
+    try:
+        _run_with_progress(config, run_dir, known)
+    finally:
+        lock.release()
+
+
+def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None:
+    from . import report, runner
+
+    console.print(f"[bold]fwbench run[/] → {run_dir}  (profile {config.profile}, "
+                  f"{len(config.tasks)} task(s) x {len(config.backends)} backend(s) x "
+                  f"{len(config.seeds)} seed(s), {config.threads} thread(s))")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
+                        transient=False)
+    ids: dict[str, int] = {}
+
+    def on_event(e: runner.CellEvent) -> None:
+        label = f"{e.cell.task:<6} {e.cell.backend:<18} seed {e.cell.seed}"
+        if e.kind == "start":
+            ids[e.cell.key] = progress.add_task(label, total=None, note="starting")
+        elif e.kind == "progress":
+            note = f"epoch {e.epoch}/{e.epochs}" + (" eval" if e.phase == "eval" else "")
+            progress.update(ids[e.cell.key], total=e.steps, completed=e.step, note=note)
+        else:
+            r = e.record
+            status = r["status"]
+            note = (f"[green]ok[/] acc {r['test_accuracy']:.4f}" if status == "ok"
+                    else f"[red]{status}[/]")
+            task = progress.tasks[ids[e.cell.key]]
+            progress.update(ids[e.cell.key], total=task.total or 1,
+                            completed=task.total or 1 if status == "ok" else task.completed, note=note)
+
+    try:
+        with progress:
+            runner.run(config, run_dir, known, on_event=on_event,
+                       on_status=lambda s: console.print(f"[dim]{s}[/]"))
+    except KeyboardInterrupt:
+        err.print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}")
+        raise typer.Exit(130)
+    cells, _ = report.load_results(run_dir)
+    rows = report.summary_rows(cells)
+    t = Table(title=f"summary ({run_dir})")
+    for c in rows[0] if rows else []:
+        t.add_column(c, justify="left" if c in ("task", "backend", "status") else "right")
+    for r in rows:
+        t.add_row(*r.values())
+    console.print(t)
+    bad = cells[cells["status"] != "ok"]
+    for r in bad.itertuples():
+        err.print(f"[red]{r.task}/{r.backend}/seed {r.seed}: {r.status}[/]: {r.error}")
+    console.print(f"records: {run_dir / runner.RESULTS}; report: fwbench report {run_dir}")
+    if len(bad):
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder (holds results.jsonl)."),
+    out: Optional[Path] = typer.Option(None, help="Write the Markdown here (default: RUN_DIR/report.md)."),
+) -> None:
+    """A Markdown report of a run: one row per task x backend."""
+    from . import report
+
+    text = report.markdown_report(run_dir)
+    target = out or run_dir / "report.md"
+    try:
+        target.write_text(text)
+    except OSError as exc:
+        raise FwbenchError(f"cannot write {target}: {exc.strerror or exc}") from None
+    console.print(text, markup=False, highlight=False)
+    console.print(f"written to {target}", style="dim")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: bad input is one line on stderr and exit code 2; --debug shows tracebacks."""
+    global DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args:
+        DEBUG = True
+        args.remove("--debug")
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="fwbench", standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        code = 130
+    except typer.TyperException as exc:  # typer's usage errors (it vendors click since 0.20)
+        print(f"fwbench: error: {exc.format_message()} (see fwbench --help)", file=sys.stderr)
+        code = 2
+    except FwbenchError as exc:
+        if DEBUG:
+            traceback.print_exc()
+        print(f"fwbench: error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

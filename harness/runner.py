@@ -1,0 +1,264 @@
+"""The runner: plan cells, prepare data, run each cell in its own worker process.
+
+One cell = (task, backend, seed). Cells run one after another (nothing else competes for
+the cores), in an order interleaved across backends so drift hits all of them alike. Each
+worker gets a timeout, its stderr goes to ``logs/<cell>.log``, and its record is appended
+to ``results.jsonl`` the moment the cell ends (write, flush, fsync: one line per record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import data, environment, spec
+from .adapter import Backend
+from .errors import FwbenchError
+
+RESULTS = "results.jsonl"
+RUN_JSON = "run.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    tasks: tuple[str, ...]
+    backends: tuple[str, ...]
+    profile: str
+    seeds: tuple[int, ...]
+    threads: int
+    timeout_s: float
+    data_dir: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str
+    backend: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}-{self.backend}-s{self.seed}"
+
+
+@dataclass
+class CellEvent:
+    """What the UI sees of a running cell."""
+
+    cell: Cell
+    kind: str  # "start" | "progress" | "end"
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    phase: str = "train"
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def plan(config: RunConfig) -> list[Cell]:
+    """Seeds outermost, backends innermost: every backend runs before any repeats."""
+    return [Cell(t, b, s) for s in config.seeds for t in config.tasks for b in config.backends]
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(record, allow_nan=False, default=_json_default) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None so every record is strict JSON."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of a results file; a partial last line (a killed run) is ignored."""
+    if not path.is_file():
+        return []
+    records = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # no newline yet: the write was cut short
+                continue
+            raise FwbenchError(f"{path}: line {i + 1} is not JSON; is this an fwbench results file?")
+        if not isinstance(rec, dict) or not {"task", "backend", "seed", "status"} <= rec.keys():
+            raise FwbenchError(f"{path}: line {i + 1} is not an fwbench record")
+        records.append(rec)
+    return records
+
+
+def _run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
+                on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Run one worker process; returns its record or a crashed/timeout record."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+        cfg_path = f.name
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    record: dict[str, Any] | None = None
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fwbench.harness.worker", cfg_path],
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+            env=env, start_new_session=True,
+        )
+        events: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                events.put(line)
+            events.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        timed_out = False
+        try:
+            while True:
+                try:
+                    line = events.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                except queue.Empty:
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        _kill(proc)
+                        break
+                    continue
+                if line is None:
+                    break
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event.get("event") == "record":
+                    record = event["record"]
+                else:
+                    on_event(event)
+            proc.wait()
+        except BaseException:
+            _kill(proc)
+            raise
+        finally:
+            os.unlink(cfg_path)
+    if timed_out:
+        return {"status": "timeout", "error": f"no result after {timeout_s:g} s; killed"}
+    if record is not None:
+        return record
+    code = proc.returncode
+    if code < 0:
+        name = signal.Signals(-code).name
+        status = "oom" if -code == signal.SIGKILL else "crashed"
+        why = "killed by SIGKILL (out of memory?)" if status == "oom" else f"killed by {name}"
+        return {"status": status, "error": f"worker {why}; see {log_path}"}
+    return {"status": "crashed", "error": f"worker exited with code {code} without a record; see {log_path}"}
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def new_run_dir(base: Path = Path("runs")) -> Path:
+    return base / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
+        on_event: Callable[[CellEvent], None] = lambda e: None,
+        on_status: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+    """Run every planned cell not already in ``run_dir``; returns this run's records."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    results = run_dir / RESULTS
+    done = {(r["task"], r["backend"], r["seed"]) for r in read_records(results)}
+    meta_path = run_dir / RUN_JSON
+    if not meta_path.exists():
+        meta = {
+            "fwbench_run": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": config.to_json(),
+            "environment": environment.capture(),
+            "backends": {n: {"requires": backends[n].versions(), "options": backends[n].options,
+                             "source": backends[n].source} for n in config.backends},
+        }
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+
+    prepared: dict[str, Path] = {}
+    for dataset in sorted({spec.TASKS[t].dataset for t in config.tasks}):
+        on_status(f"preparing {dataset} ({config.profile} profile)")
+        prepared[dataset] = data.prepare(dataset, config.profile, config.data_dir)
+
+    cpus = environment.available_cpus()[: config.threads]
+    records = []
+    for cell in plan(config):
+        if (cell.task, cell.backend, cell.seed) in done:
+            continue
+        task = spec.TASKS[cell.task]
+        on_event(CellEvent(cell, "start", epochs=task.epochs(config.profile)))
+        cfg = {
+            "task": cell.task, "seed": cell.seed, "profile": config.profile,
+            "backend": dataclasses.asdict(backends[cell.backend]),
+            "threads": config.threads, "cpus": cpus,
+            "data_path": str(prepared[task.dataset]),
+        }
+        log_path = run_dir / "logs" / f"{cell.key}.log"
+        started = time.time()
+
+        def forward(event: dict[str, Any], cell: Cell = cell) -> None:
+            on_event(CellEvent(cell, "progress", event.get("epoch", 0), event.get("epochs", 0),
+                               event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
+
+        outcome = _run_worker(cfg, log_path, config.timeout_s, forward)
+        record = {
+            "task": cell.task, "backend": cell.backend, "seed": cell.seed, "profile": config.profile,
+            "status": outcome.pop("status"), "error": outcome.pop("error", None),
+            "test_accuracy": outcome.pop("test_accuracy", None),
+            **outcome,
+            "threads": config.threads, "affinity": cpus,
+            "wall_s": time.time() - started,
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+            "log": str(log_path.relative_to(run_dir)),
+        }
+        record = _clean(record)
+        append_record(results, record)
+        records.append(record)
+        on_event(CellEvent(cell, "end", record=record))
+    return records
+
+
+def iter_records(run_dir: Path) -> Iterator[dict[str, Any]]:
+    yield from read_records(run_dir / RESULTS)

@@ -1,0 +1,246 @@
+"""The worker: one cell (task, backend, seed) in its own fresh process.
+
+    python -m fwbench.harness.worker CELL.json
+
+Order matters: CPU affinity and thread variables are set before the framework is imported
+(the one knob every framework obeys), then the adapter is imported, and every phase is
+measured from the outside, the same way for every backend. The worker talks to the runner
+over the original stdout (one JSON event per line); the framework's own stdout and stderr
+go to the cell's log file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+PROCESS_START = time.time()
+
+
+def _emit(stream, event: str, **fields: Any) -> None:
+    stream.write(json.dumps({"event": event, **fields}) + "\n")
+    stream.flush()
+
+
+def pin_threads(cpus: list[int], threads: int) -> None:
+    """Affinity plus every thread variable a framework or BLAS reads at import time."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[var] = str(threads)
+
+
+class MemorySampler:
+    """Resident set size of this process every ``interval`` seconds, on a thread."""
+
+    def __init__(self, interval: float = 0.01):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self.timeline: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last_t = 0.0
+        while not self._stop.is_set():
+            rss = self.proc.memory_info().rss
+            self.peak = max(self.peak, rss)
+            now = time.time()
+            if now - last_t >= 0.25:  # a downsampled timeline for plots
+                self.timeline.append((round(now - PROCESS_START, 3), rss))
+                last_t = now
+            self._stop.wait(self.interval)
+
+    def start(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def reset_peak(self) -> None:
+        self.peak = self.proc.memory_info().rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+MIB = 1024 * 1024
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def train(cfg: dict[str, Any], out) -> dict[str, Any]:
+    import numpy as np
+
+    from . import data, spec
+    from .adapter import Backend
+
+    task = spec.TASKS[cfg["task"]]
+    backend = Backend(**cfg["backend"])
+    threads = cfg["threads"]
+    record: dict[str, Any] = {"status": "ok", "error": None}
+
+    memory = MemorySampler().start()
+    adapter_cls = backend.load()
+    # From the process's creation (interpreter start included) to the framework imported.
+    record["import_s"] = time.time() - memory.proc.create_time()
+
+    t = time.perf_counter()
+    arrays = data.task_arrays(task, data.load_prepared(cfg["data_path"]))
+    x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    record["data_s"] = time.perf_counter() - t
+    record["baseline_rss_mib"] = memory.proc.memory_info().rss / MIB
+
+    t = time.perf_counter()
+    adapter = adapter_cls(task, threads, backend.options)
+    adapter.build(spec.init_params(task, cfg["seed"]))
+    record["setup_s"] = time.perf_counter() - t
+    record["framework_version"] = adapter_cls.framework_version()
+    record["param_count"] = spec.param_count(task)
+
+    epochs = task.epochs(cfg["profile"])
+    steps_per_epoch = len(x_train) // task.batch_size
+    step_times: list[float] = []
+    epoch_rows: list[dict[str, Any]] = []
+    train_wall = 0.0
+    train_cpu = 0.0
+    eval_wall = 0.0
+    train_peak = 0
+    memory.reset_peak()
+    last_progress = 0.0
+    for epoch in range(1, epochs + 1):
+        losses = []
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for step, idx in enumerate(spec.train_batches(len(x_train), task.batch_size, cfg["seed"], epoch)):
+            xb, yb = x_train[idx], y_train[idx]
+            t = time.perf_counter()
+            loss = adapter.train_step(xb, yb)
+            step_times.append(time.perf_counter() - t)
+            losses.append(loss)
+            if not math.isfinite(loss):
+                record.update(status="diverged", error=f"loss is {loss} at epoch {epoch} step {step + 1}")
+                break
+            now = time.perf_counter()
+            if now - last_progress > 0.5:
+                _emit(out, "progress", epoch=epoch, epochs=epochs, step=step + 1, steps=steps_per_epoch)
+                last_progress = now
+        train_wall += time.perf_counter() - wall0
+        train_cpu += time.process_time() - cpu0
+        train_peak = max(train_peak, memory.peak)
+        if record["status"] != "ok":
+            break
+        _emit(out, "progress", epoch=epoch, epochs=epochs, step=steps_per_epoch, steps=steps_per_epoch,
+              phase="eval")
+        t = time.perf_counter()
+        loss_sum, correct = 0.0, 0
+        for sl in spec.eval_slices(len(x_test), task.eval_batch):
+            l, c = adapter.evaluate(x_test[sl], y_test[sl])
+            loss_sum += l
+            correct += c
+        eval_wall += time.perf_counter() - t
+        epoch_rows.append({
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "test_loss": loss_sum / len(x_test),
+            "test_accuracy": correct / len(x_test),
+            "wall_s": train_wall,
+        })
+        memory.reset_peak()
+
+    steady = step_times[1:]
+    record.update(
+        epochs=epoch_rows,
+        test_accuracy=epoch_rows[-1]["test_accuracy"] if epoch_rows else None,
+        steps=len(step_times),
+        train_time_s=train_wall,
+        first_step_s=step_times[0] if step_times else None,
+        step_time_ms={
+            "p50": _percentile(steady, 50) * 1e3,
+            "p90": _percentile(steady, 90) * 1e3,
+            "mean": float(np.mean(steady)) * 1e3 if steady else None,
+            "std": float(np.std(steady)) * 1e3 if steady else None,
+        },
+        throughput_samples_s=task.batch_size * len(steady) / sum(steady) if steady else None,
+        eval_s=eval_wall,
+        time_to_target_s=next((r["wall_s"] for r in epoch_rows
+                               if r["test_accuracy"] >= task.target_accuracy), None),
+        cpu_wall_ratio=train_cpu / train_wall if train_wall else None,
+        train_peak_rss_mib=train_peak / MIB,
+        peak_rss_mib=max(memory.peak, train_peak) / MIB,
+        thread_settings=adapter.thread_settings(),
+    )
+    memory.stop()
+    record["memory_timeline"] = [[t, round(rss / MIB, 1)] for t, rss in memory.timeline]
+    return record
+
+
+def probe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The parity probe: logits, loss, gradients and 3 steps from canonical weights."""
+    import numpy as np
+
+    from . import spec
+    from .adapter import Backend
+
+    task = spec.TASKS[cfg["task"]]
+    backend = Backend(**cfg["backend"])
+    adapter = backend.load()(task, cfg["threads"], backend.options)
+    with np.load(cfg["batches_path"], allow_pickle=False) as z:
+        batches = {k: z[k] for k in z.files}
+    params = spec.init_params(task, cfg["seed"])
+    adapter.build(params)
+    out: dict[str, np.ndarray] = {}
+    for k, v in adapter.export_params().items():
+        out[f"init/{k}"] = v
+    out["logits"] = adapter.logits(batches["x0"])
+    loss, grads = adapter.gradients(batches["x0"], batches["y0"])
+    out["loss"] = np.array(loss)
+    for k, v in grads.items():
+        out[f"grad/{k}"] = v
+    out["step_losses"] = np.array([adapter.train_step(batches[f"x{i}"], batches[f"y{i}"])
+                                   for i in (1, 2, 3)])
+    for k, v in adapter.export_params().items():
+        out[f"params/{k}"] = v
+    np.savez(cfg["probe_path"], **out)
+    return {"status": "ok", "error": None, "framework_version": adapter.framework_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    with open(argv[0]) as f:
+        cfg = json.load(f)
+    # The runner reads events from our original stdout; anything else printed goes to the log.
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    pin_threads(cfg["cpus"], cfg["threads"])
+    try:
+        record = probe(cfg) if cfg.get("mode") == "probe" else train(cfg, out)
+    except MemoryError:
+        traceback.print_exc()
+        record = {"status": "oom", "error": "MemoryError in the worker"}
+    except Exception as exc:  # the cell failed; the run goes on
+        traceback.print_exc()
+        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+        record = {"status": "failed", "error": msg[:300]}
+    _emit(out, "record", record=record)
+    out.close()
+    sys.stderr.flush()
+    # Some frameworks hang or crash in their own atexit/teardown; the record is out.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets the same session-wide private cache (never the user's)."""
+    monkeypatch.setenv("FWBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def real_data_dir() -> Path:
+    """The real data files (FWBENCH_DATA_DIR, as .ci/run sets it); skip where absent."""
+    value = os.environ.get("FWBENCH_DATA_DIR")
+    path = Path(value) if value else SHARED
+    if not (path / "mnist" / "t10k-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("real data not available: set FWBENCH_DATA_DIR to a folder like shared/datasets")
+    return path

@@ -1,0 +1,109 @@
+"""The command line as a user runs it: a real subprocess, real exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fwbench.harness import spec
+
+
+def fwbench(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "fwbench.harness.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, "COLUMNS": "160", **(env or {})})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--tasks", "resnet"], "unknown task 'resnet'"),
+    (["run", "--backends", "caffe"], "unknown backend 'caffe'"),
+    (["run", "--profile", "huge"], "unknown profile 'huge'"),
+    (["run", "--seeds", "0"], "--seeds must be at least 1"),
+    (["run", "--threads", "999"], "--threads must be between 1 and"),
+    (["run", "--frobnicate"], "No such option"),
+    (["run", "--seeds", "many"], "Invalid value for '--seeds'"),
+    (["report", "/nonexistent/run"], "has no results.jsonl"),
+    (["run", "--resume", "/nonexistent/run"], "nothing to resume"),
+    (["run", "--data-dir", "/nonexistent/data", "--tasks", "mlp", "--backends", "torch"],
+     "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    r = fwbench(*args, cwd=tmp_path)
+    if "torch" in args and "not installed" in r.stderr:
+        pytest.skip("torch not installed")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unwritable_out_folder(tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: use a path under a file instead
+        (tmp_path / "file").write_text("")
+        target = tmp_path / "file" / "run"
+    else:
+        target = locked / "run"
+    r = fwbench("run", "--profile", "smoke", "--backends", "torch", "--out", str(target))
+    if "not installed" in r.stderr:
+        pytest.skip("torch not installed")
+    assert r.returncode == 2 and "cannot write to" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = fwbench("--debug", "report", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_list_shows_tasks_profiles_backends():
+    r = fwbench("list")
+    assert r.returncode == 0
+    for word in ("mlp", "lenet", "lstm", "407,050", "smoke", "quick", "full", "torch"):
+        assert word in r.stdout
+
+
+def test_env():
+    r = fwbench("env", "--json")
+    info = json.loads(r.stdout)
+    assert r.returncode == 0 and info["logical_cores"] >= 1 and "numpy" in info["packages"]
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end_with_torch(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    out = tmp_path / "run"
+    r = fwbench("run", "--profile", "smoke", "--backends", "torch", "--threads", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr + r.stdout
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(x["task"], x["backend"], x["seed"]) for x in records] == [
+        ("mlp", "torch", 0), ("lenet", "torch", 0), ("lstm", "torch", 0)]
+    for rec in records:
+        task = spec.TASKS[rec["task"]]
+        assert rec["status"] == "ok" and rec["profile"] == "smoke" and rec["threads"] == 1
+        assert rec["param_count"] == spec.param_count(task)
+        assert rec["framework_version"].startswith("2.13")
+        assert rec["thread_settings"]["intra_op"] == 1
+        assert len(rec["epochs"]) == 1 and rec["epochs"][0]["epoch"] == 1
+        assert set(rec["epochs"][0]) == {"epoch", "train_loss", "test_loss", "test_accuracy", "wall_s"}
+        assert rec["steps"] == {"mlp": 3000 // 128, "lenet": 3000 // 64, "lstm": 1500 // 64}[rec["task"]]
+        assert rec["step_time_ms"]["p50"] > 0 and rec["step_time_ms"]["p90"] >= rec["step_time_ms"]["p50"]
+        assert rec["throughput_samples_s"] > 0 and rec["peak_rss_mib"] > 50
+        assert rec["test_accuracy"] == rec["epochs"][0]["test_accuracy"]
+    acc = {x["task"]: x["test_accuracy"] for x in records}
+    # 1 epoch on the 3,000-image sample: far above chance (0.1) for both MNIST models
+    assert acc["mlp"] > 0.8 and acc["lenet"] > 0.5 and acc["lstm"] >= 0.4
+    assert json.loads((out / "run.json").read_text())["config"]["profile"] == "smoke"
+
+    rep = fwbench("report", str(out))
+    assert rep.returncode == 0 and (out / "report.md").is_file()
+    assert "| mlp | torch | 1/1 |" in (out / "report.md").read_text()
+
+    again = fwbench("run", "--profile", "smoke", "--backends", "torch", "--out", str(out))
+    assert again.returncode == 2 and "already holds results" in again.stderr
+    resumed = fwbench("run", "--resume", str(out))
+    assert resumed.returncode == 0 and len((out / "results.jsonl").read_text().splitlines()) == 3
+    differ = fwbench("run", "--resume", str(out), "--seeds", "2")
+    assert differ.returncode == 2 and "seeds differ" in differ.stderr

@@ -1,0 +1,60 @@
+"""Toy adapters for fault-injection tests: they crash, hang, diverge or fail on purpose.
+
+They run inside real worker processes (the tests put this folder on PYTHONPATH).
+"""
+
+import os
+import time
+
+import numpy as np
+
+from fwbench.harness.adapter import Adapter
+
+
+class _Base(Adapter):
+    def build(self, params):
+        self.params = {k: v.copy() for k, v in params.items()}
+
+    def train_step(self, x, y):
+        return 1.0
+
+    def evaluate(self, x, y):
+        return float(len(y)), int((y == 0).sum())
+
+    def logits(self, x):
+        return np.zeros((len(x), self.task.num_classes), np.float32)
+
+    def gradients(self, x, y):
+        return 1.0, {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def export_params(self):
+        return self.params
+
+    @classmethod
+    def framework_version(cls):
+        return "0-toy"
+
+
+class Constant(_Base):
+    """Predicts class 0 and never learns: a cell that finishes."""
+
+
+class Crash(_Base):
+    def train_step(self, x, y):
+        os.abort()
+
+
+class Hang(_Base):
+    def train_step(self, x, y):
+        time.sleep(3600)
+        return 1.0
+
+
+class NaN(_Base):
+    def train_step(self, x, y):
+        return float("nan")
+
+
+class Fail(_Base):
+    def build(self, params):
+        raise ValueError("this adapter cannot build\nanything")
