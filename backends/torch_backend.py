@@ -160,6 +160,6 @@ class TorchAdapter(Adapter):
     def _export(self, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         out = {}
         for name, (key, transpose) in self.names.items():
-            v = tensors[key].detach().numpy()
-            out[name] = np.ascontiguousarray(v.T if transpose else v, dtype=np.float32)
+            v = tensors[key].detach().numpy()  # shares memory with the live tensor: copy
+            out[name] = np.array(v.T if transpose else v, dtype=np.float32, order="C", copy=True)
         return out

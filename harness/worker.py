@@ -188,33 +188,32 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
 
 
 def probe(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The parity probe: logits, loss, gradients and 3 steps from canonical weights."""
+    """The parity probe (``fwbench check``): for each task, from the canonical weights, the
+    exported initial weights, logits, loss and gradients on batch 0, then the parameters after
+    3 optimizer steps on batches 1, 2, 3. Arrays go to one ``.npz`` per task."""
     import numpy as np
 
     from . import spec
     from .adapter import Backend
 
-    task = spec.TASKS[cfg["task"]]
     backend = Backend(**cfg["backend"])
-    adapter = backend.load()(task, cfg["threads"], backend.options)
-    with np.load(cfg["batches_path"], allow_pickle=False) as z:
-        batches = {k: z[k] for k in z.files}
-    params = spec.init_params(task, cfg["seed"])
-    adapter.build(params)
-    out: dict[str, np.ndarray] = {}
-    for k, v in adapter.export_params().items():
-        out[f"init/{k}"] = v
-    out["logits"] = adapter.logits(batches["x0"])
-    loss, grads = adapter.gradients(batches["x0"], batches["y0"])
-    out["loss"] = np.array(loss)
-    for k, v in grads.items():
-        out[f"grad/{k}"] = v
-    out["step_losses"] = np.array([adapter.train_step(batches[f"x{i}"], batches[f"y{i}"])
-                                   for i in (1, 2, 3)])
-    for k, v in adapter.export_params().items():
-        out[f"params/{k}"] = v
-    np.savez(cfg["probe_path"], **out)
-    return {"status": "ok", "error": None, "framework_version": adapter.framework_version()}
+    adapter_cls = backend.load()
+    for item in cfg["probes"]:
+        task = spec.TASKS[item["task"]]
+        adapter = adapter_cls(task, cfg["threads"], backend.options)
+        with np.load(item["batches_path"], allow_pickle=False) as z:
+            batches = {k: z[k] for k in z.files}
+        adapter.build(spec.init_params(task, cfg["seed"]))
+        out: dict[str, np.ndarray] = {f"init/{k}": v for k, v in adapter.export_params().items()}
+        out["logits"] = adapter.logits(batches["x0"])
+        loss, grads = adapter.gradients(batches["x0"], batches["y0"])
+        out["loss"] = np.array(loss)
+        out.update({f"grad/{k}": v for k, v in grads.items()})
+        out["step_losses"] = np.array([adapter.train_step(batches[f"x{i}"], batches[f"y{i}"])
+                                       for i in (1, 2, 3)])
+        out.update({f"params/{k}": v for k, v in adapter.export_params().items()})
+        np.savez(item["probe_path"], **out)
+    return {"status": "ok", "error": None, "framework_version": adapter_cls.framework_version()}
 
 
 def main(argv: list[str] | None = None) -> int:
