@@ -105,12 +105,14 @@ def run_cmd(
     data_dir: Optional[Path] = typer.Option(None, help="Folder with mnist/ and imdb/ files (or FWBENCH_DATA_DIR)."),
     timeout: float = typer.Option(3600.0, help="Seconds per cell before it is killed."),
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted run folder."),
+    repeats: Optional[int] = typer.Option(None, help="Runs per cell; repeats after the first are timing-only (default 1)."),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
     from . import runner
 
     given = {k: v for k, v in (("tasks", tasks), ("backends", backends), ("profile", profile),
-                               ("seeds", seeds), ("threads", threads)) if v is not None}
+                               ("seeds", seeds), ("threads", threads), ("repeats", repeats))
+             if v is not None}
     profile = profile or "quick"
     if profile not in spec.PROFILES:
         raise FwbenchError(f"unknown profile {profile!r}; choose from {', '.join(spec.PROFILES)}")
@@ -123,11 +125,14 @@ def run_cmd(
     n_threads = len(cpus) if threads is None else threads
     if not 1 <= n_threads <= len(cpus):
         raise FwbenchError(f"--threads must be between 1 and {len(cpus)}, the cores available (got {n_threads})")
+    if repeats is not None and repeats < 1:
+        raise FwbenchError(f"--repeats must be at least 1 (got {repeats})")
     if timeout <= 0:
         raise FwbenchError("--timeout must be positive")
     config = runner.RunConfig(tuple(task_names), tuple(backend_names), profile,
                               tuple(range(n_seeds)), n_threads, timeout,
-                              str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"))
+                              str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"),
+                              repeats=repeats or 1)
     if resume is not None:
         run_dir = resume
         meta_path = run_dir / runner.RUN_JSON
@@ -190,8 +195,12 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
         else:
             r = e.record
             status = r["status"]
-            note = (f"[green]ok[/] acc {r['test_accuracy']:.4f}" if status == "ok"
-                    else f"[red]{status}[/]")
+            if status != "ok":
+                note = f"[red]{status}[/]"
+            elif r.get("test_accuracy") is None:  # a timing-only repeat
+                note = f"[green]ok[/] p50 {r['step_time_ms']['p50']:.2f} ms"
+            else:
+                note = f"[green]ok[/] acc {r['test_accuracy']:.4f}"
             task = progress.tasks[ids[e.cell.key]]
             progress.update(ids[e.cell.key], total=task.total or 1,
                             completed=task.total or 1 if status == "ok" else task.completed, note=note)
@@ -204,13 +213,17 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
         err.print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}")
         raise typer.Exit(130)
     cells, _ = report.load_results(run_dir)
-    rows = report.summary_rows(cells)
+    rows = report.summary_rows(run_dir)
+    shown = ("task", "backend", "ok", "test acc", "train s", "step p50 ms", "samples/s",
+             "peak MiB", "status")
     t = Table(title=f"summary ({run_dir})")
-    for c in rows[0] if rows else []:
+    for c in shown:
         t.add_column(c, justify="left" if c in ("task", "backend", "status") else "right")
     for r in rows:
-        t.add_row(*r.values())
+        t.add_row(*(r[c] for c in shown))
     console.print(t)
+    for line in report.significance_lines(run_dir):
+        console.print(line, highlight=False)
     bad = cells[cells["status"] != "ok"]
     for r in bad.itertuples():
         err.print(f"[red]{r.task}/{r.backend}/seed {r.seed}: {r.status}[/]: {r.error}")
@@ -307,6 +320,12 @@ def main(argv: Optional[list[str]] = None) -> None:
             traceback.print_exc()
         print(f"fwbench: error: {exc}", file=sys.stderr)
         code = 2
+    except Exception as exc:  # a bug in fwbench: still one line unless --debug
+        if DEBUG:
+            traceback.print_exc()
+        print(f"fwbench: internal error: {type(exc).__name__}: {exc} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -40,6 +40,8 @@ class RunConfig:
     threads: int
     timeout_s: float
     data_dir: str | None = None
+    repeats: int = 1  # repeats > 0 are timing-only re-runs of each cell
+    timing_steps: int = 200  # steps of a timing-only repeat
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -50,10 +52,15 @@ class Cell:
     task: str
     backend: str
     seed: int
+    repeat: int = 0
 
     @property
     def key(self) -> str:
-        return f"{self.task}-{self.backend}-s{self.seed}"
+        return f"{self.task}-{self.backend}-s{self.seed}" + (f"-r{self.repeat}" if self.repeat else "")
+
+    @property
+    def ident(self) -> tuple[str, str, int, int]:
+        return (self.task, self.backend, self.seed, self.repeat)
 
 
 @dataclass
@@ -71,8 +78,14 @@ class CellEvent:
 
 
 def plan(config: RunConfig) -> list[Cell]:
-    """Seeds outermost, backends innermost: every backend runs before any repeats."""
-    return [Cell(t, b, s) for s in config.seeds for t in config.tasks for b in config.backends]
+    """Repeats, then seeds outermost, backends innermost: every backend runs before any
+    backend repeats, so drift over the run hits all backends alike."""
+    return [Cell(t, b, s, r) for r in range(config.repeats) for s in config.seeds
+            for t in config.tasks for b in config.backends]
+
+
+def record_ident(r: dict[str, Any]) -> tuple[str, str, int, int]:
+    return (r["task"], r["backend"], r["seed"], r.get("repeat", 0))
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -204,7 +217,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     results = run_dir / RESULTS
-    done = {(r["task"], r["backend"], r["seed"]) for r in read_records(results)}
+    done = {record_ident(r) for r in read_records(results)}
     meta_path = run_dir / RUN_JSON
     if not meta_path.exists():
         meta = {
@@ -217,15 +230,25 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         }
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
 
+    meta = json.loads(meta_path.read_text())
+    cpus = environment.available_cpus()[: config.threads]
+    if "calibration" not in meta:
+        on_status(f"calibrating float32 GEMM peak on {config.threads} thread(s)")
+        outcome = _run_worker({"mode": "calibrate", "threads": config.threads, "cpus": cpus},
+                              run_dir / "logs" / "calibration.log", 300, lambda e: None)
+        meta["calibration"] = {"gemm_peak_gflops": outcome.get("gemm_peak_gflops"),
+                               "threads": config.threads, "blas": outcome.get("blas")}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    peak = meta["calibration"].get("gemm_peak_gflops")
+
     prepared: dict[str, Path] = {}
     for dataset in sorted({spec.TASKS[t].dataset for t in config.tasks}):
         on_status(f"preparing {dataset} ({config.profile} profile)")
         prepared[dataset] = data.prepare(dataset, config.profile, config.data_dir)
 
-    cpus = environment.available_cpus()[: config.threads]
     records = []
     for cell in plan(config):
-        if (cell.task, cell.backend, cell.seed) in done:
+        if cell.ident in done:
             continue
         task = spec.TASKS[cell.task]
         on_event(CellEvent(cell, "start", epochs=task.epochs(config.profile)))
@@ -234,6 +257,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             "backend": dataclasses.asdict(backends[cell.backend]),
             "threads": config.threads, "cpus": cpus,
             "data_path": str(prepared[task.dataset]),
+            "timing_only": cell.repeat > 0, "max_steps": config.timing_steps,
         }
         log_path = run_dir / "logs" / f"{cell.key}.log"
         started = time.time()
@@ -244,7 +268,8 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
 
         outcome = _run_worker(cfg, log_path, config.timeout_s, forward)
         record = {
-            "task": cell.task, "backend": cell.backend, "seed": cell.seed, "profile": config.profile,
+            "task": cell.task, "backend": cell.backend, "seed": cell.seed, "repeat": cell.repeat,
+            "profile": config.profile,
             "status": outcome.pop("status"), "error": outcome.pop("error", None),
             "test_accuracy": outcome.pop("test_accuracy", None),
             **outcome,
@@ -253,6 +278,8 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
             "log": str(log_path.relative_to(run_dir)),
         }
+        if peak and record.get("achieved_gflops"):
+            record["pct_of_gemm_peak"] = 100 * record["achieved_gflops"] / peak
         record = _clean(record)
         append_record(results, record)
         records.append(record)

@@ -76,21 +76,36 @@ class MemorySampler:
 MIB = 1024 * 1024
 
 
+# NumPy is imported inside functions, after ``pin_threads``: its BLAS starts threads at
+# import, and threads that exist before the affinity is set would not be bound by it.
+
+
 def _percentile(values: list[float], q: float) -> float:
     import numpy as np
 
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def train(cfg: dict[str, Any], out) -> dict[str, Any]:
+def _subsample(values: list[float], n: int = 256) -> list[float]:
+    """At most ``n`` evenly spaced values (kept in records for significance tests)."""
     import numpy as np
 
-    from . import data, spec
+    if len(values) <= n:
+        return list(values)
+    return [values[int(i)] for i in np.linspace(0, len(values) - 1, n)]
+
+
+def train(cfg: dict[str, Any], out) -> dict[str, Any]:
+    """Train one cell; ``cfg["timing_only"]`` runs at most ``max_steps`` steps and no eval."""
+    import numpy as np
+
+    from . import data, flops, spec
     from .adapter import Backend
 
     task = spec.TASKS[cfg["task"]]
     backend = Backend(**cfg["backend"])
     threads = cfg["threads"]
+    timing_only = bool(cfg.get("timing_only"))
     record: dict[str, Any] = {"status": "ok", "error": None}
 
     memory = MemorySampler().start()
@@ -102,7 +117,8 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
     arrays = data.task_arrays(task, data.load_prepared(cfg["data_path"]))
     x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     record["data_s"] = time.perf_counter() - t
-    record["baseline_rss_mib"] = memory.proc.memory_info().rss / MIB
+    baseline = memory.proc.memory_info().rss
+    record["baseline_rss_mib"] = baseline / MIB
 
     t = time.perf_counter()
     adapter = adapter_cls(task, threads, backend.options)
@@ -111,20 +127,22 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
     record["framework_version"] = adapter_cls.framework_version()
     record["param_count"] = spec.param_count(task)
 
-    epochs = task.epochs(cfg["profile"])
+    epochs = 1 if timing_only else task.epochs(cfg["profile"])
     steps_per_epoch = len(x_train) // task.batch_size
+    max_steps = min(cfg.get("max_steps") or steps_per_epoch, steps_per_epoch)
     step_times: list[float] = []
     epoch_rows: list[dict[str, Any]] = []
-    train_wall = 0.0
-    train_cpu = 0.0
-    eval_wall = 0.0
-    train_peak = 0
+    train_wall = train_cpu = eval_wall = 0.0
+    train_peak = eval_peak = 0
     memory.reset_peak()
     last_progress = 0.0
     for epoch in range(1, epochs + 1):
         losses = []
+        batches = spec.train_batches(len(x_train), task.batch_size, cfg["seed"], epoch)
+        if timing_only:
+            batches = batches[:max_steps]
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        for step, idx in enumerate(spec.train_batches(len(x_train), task.batch_size, cfg["seed"], epoch)):
+        for step, idx in enumerate(batches):
             xb, yb = x_train[idx], y_train[idx]
             t = time.perf_counter()
             loss = adapter.train_step(xb, yb)
@@ -135,22 +153,24 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
                 break
             now = time.perf_counter()
             if now - last_progress > 0.5:
-                _emit(out, "progress", epoch=epoch, epochs=epochs, step=step + 1, steps=steps_per_epoch)
+                _emit(out, "progress", epoch=epoch, epochs=epochs, step=step + 1, steps=len(batches))
                 last_progress = now
         train_wall += time.perf_counter() - wall0
         train_cpu += time.process_time() - cpu0
         train_peak = max(train_peak, memory.peak)
-        if record["status"] != "ok":
+        if record["status"] != "ok" or timing_only:
             break
-        _emit(out, "progress", epoch=epoch, epochs=epochs, step=steps_per_epoch, steps=steps_per_epoch,
+        _emit(out, "progress", epoch=epoch, epochs=epochs, step=len(batches), steps=len(batches),
               phase="eval")
+        memory.reset_peak()
         t = time.perf_counter()
         loss_sum, correct = 0.0, 0
         for sl in spec.eval_slices(len(x_test), task.eval_batch):
-            l, c = adapter.evaluate(x_test[sl], y_test[sl])
-            loss_sum += l
-            correct += c
+            batch_loss, batch_correct = adapter.evaluate(x_test[sl], y_test[sl])
+            loss_sum += batch_loss
+            correct += batch_correct
         eval_wall += time.perf_counter() - t
+        eval_peak = max(eval_peak, memory.peak)
         epoch_rows.append({
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
@@ -161,6 +181,9 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
         memory.reset_peak()
 
     steady = step_times[1:]
+    p50 = _percentile(steady, 50)
+    step_flops = flops.train_step_flops(task)
+    ratio = train_cpu / train_wall if train_wall else None
     record.update(
         epochs=epoch_rows,
         test_accuracy=epoch_rows[-1]["test_accuracy"] if epoch_rows else None,
@@ -168,18 +191,25 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
         train_time_s=train_wall,
         first_step_s=step_times[0] if step_times else None,
         step_time_ms={
-            "p50": _percentile(steady, 50) * 1e3,
+            "p50": p50 * 1e3,
             "p90": _percentile(steady, 90) * 1e3,
             "mean": float(np.mean(steady)) * 1e3 if steady else None,
             "std": float(np.std(steady)) * 1e3 if steady else None,
         },
+        step_samples_ms=[round(v * 1e3, 4) for v in _subsample(steady)],
         throughput_samples_s=task.batch_size * len(steady) / sum(steady) if steady else None,
-        eval_s=eval_wall,
+        eval_s=eval_wall if not timing_only else None,
         time_to_target_s=next((r["wall_s"] for r in epoch_rows
                                if r["test_accuracy"] >= task.target_accuracy), None),
-        cpu_wall_ratio=train_cpu / train_wall if train_wall else None,
+        flops_per_step=step_flops,
+        achieved_gflops=step_flops / p50 / 1e9 if steady else None,
+        cpu_wall_ratio=ratio,
+        # CPU time / wall time above the thread count means threads escaped the setting.
+        threads_exceeded=bool(ratio is not None and ratio > threads * 1.05),
         train_peak_rss_mib=train_peak / MIB,
-        peak_rss_mib=max(memory.peak, train_peak) / MIB,
+        train_peak_delta_mib=(train_peak - baseline) / MIB,
+        eval_peak_rss_mib=eval_peak / MIB if eval_peak else None,
+        peak_rss_mib=max(memory.peak, train_peak, eval_peak) / MIB,
         thread_settings=adapter.thread_settings(),
     )
     memory.stop()
@@ -216,6 +246,17 @@ def probe(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"status": "ok", "error": None, "framework_version": adapter_cls.framework_version()}
 
 
+def calibrate(cfg: dict[str, Any]) -> dict[str, Any]:
+    """This machine's float32 GEMM peak with NumPy's BLAS on the cell's cores and threads."""
+    from . import environment, flops
+
+    return {"status": "ok", "error": None, "gemm_peak_gflops": flops.gemm_peak_gflops(),
+            "blas": environment.blas()}
+
+
+MODES = {"train": None, "probe": probe, "calibrate": calibrate}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
@@ -226,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     pin_threads(cfg["cpus"], cfg["threads"])
     try:
-        record = probe(cfg) if cfg.get("mode") == "probe" else train(cfg, out)
+        mode = cfg.get("mode", "train")
+        record = train(cfg, out) if mode == "train" else MODES[mode](cfg)
     except MemoryError:
         traceback.print_exc()
         record = {"status": "oom", "error": "MemoryError in the worker"}
