@@ -106,6 +106,7 @@ def run_cmd(
     timeout: float = typer.Option(3600.0, help="Seconds per cell before it is killed."),
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted run folder."),
     repeats: Optional[int] = typer.Option(None, help="Runs per cell; repeats after the first are timing-only (default 1)."),
+    memory_limit: Optional[float] = typer.Option(None, help="GiB of resident memory per cell before it is killed as oom (default: 75% of RAM)."),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
     from . import runner
@@ -129,10 +130,17 @@ def run_cmd(
         raise FwbenchError(f"--repeats must be at least 1 (got {repeats})")
     if timeout <= 0:
         raise FwbenchError("--timeout must be positive")
+    import psutil
+
+    total_gib = psutil.virtual_memory().total / 2**30
+    if memory_limit is not None and not 0 < memory_limit <= total_gib:
+        raise FwbenchError(f"--memory-limit must be between 0 and {total_gib:.1f} GiB, this machine's "
+                           f"memory (got {memory_limit:g})")
     config = runner.RunConfig(tuple(task_names), tuple(backend_names), profile,
                               tuple(range(n_seeds)), n_threads, timeout,
                               str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"),
-                              repeats=repeats or 1)
+                              repeats=repeats or 1,
+                              memory_limit_gib=round(memory_limit or 0.75 * total_gib, 2))
     if resume is not None:
         run_dir = resume
         meta_path = run_dir / runner.RUN_JSON

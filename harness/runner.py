@@ -41,6 +41,7 @@ class RunConfig:
     timeout_s: float
     data_dir: str | None = None
     repeats: int = 1  # repeats > 0 are timing-only re-runs of each cell
+    memory_limit_gib: float | None = None
     timing_steps: int = 200  # steps of a timing-only repeat
 
     def to_json(self) -> dict[str, Any]:
@@ -134,20 +135,45 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _tree_rss(proc: "psutil.Process") -> int:
+    import psutil
+
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
 def _run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
-                on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Run one worker process; returns its record or a crashed/timeout record."""
+                on_event: Callable[[dict[str, Any]], None],
+                memory_limit_gib: float | None = None) -> dict[str, Any]:
+    """Run one worker process; returns its record, or a timeout/oom/crashed record.
+
+    The worker runs in its own process group (killed whole on timeout, memory limit or
+    Ctrl-C) and dies with the runner (it asks the kernel for SIGKILL on its parent's death).
+    The memory limit is enforced on the resident memory of the worker's process tree,
+    sampled every 0.1 s (an address-space rlimit would break JAX and TensorFlow, which
+    reserve far more virtual memory than they use).
+    """
+    import psutil
+
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(cfg, f)
+        json.dump({**cfg, "runner_pid": os.getpid()}, f)
         cfg_path = f.name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     record: dict[str, Any] | None = None
+    limit = memory_limit_gib * 2**30 if memory_limit_gib else None
+    outcome: dict[str, Any] | None = None
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fwbench.harness.worker", cfg_path],
             stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
             env=env, start_new_session=True,
         )
+        watched = psutil.Process(proc.pid)
         events: queue.Queue[str | None] = queue.Queue()
 
         def pump() -> None:
@@ -158,43 +184,52 @@ def _run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
 
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + timeout_s
-        timed_out = False
         try:
             while True:
                 try:
-                    line = events.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+                    line = events.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
                 except queue.Empty:
-                    if time.monotonic() >= deadline:
-                        timed_out = True
-                        _kill(proc)
-                        break
-                    continue
+                    line = ""
                 if line is None:
                     break
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
+                if line:
+                    try:
+                        event = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if event.get("event") == "record":
+                        record = event["record"]
+                    else:
+                        on_event(event)
                     continue
-                if event.get("event") == "record":
-                    record = event["record"]
-                else:
-                    on_event(event)
+                if time.monotonic() >= deadline:
+                    _kill(proc)
+                    outcome = {"status": "timeout", "error": f"no result after {timeout_s:g} s; killed"}
+                    break
+                if limit is not None:
+                    rss = _tree_rss(watched)
+                    if rss > limit:
+                        _kill(proc)
+                        outcome = {"status": "oom", "error": f"resident memory {rss / 2**30:.1f} GiB "
+                                   f"exceeded the limit of {memory_limit_gib:g} GiB; killed"}
+                        break
             proc.wait()
         except BaseException:
             _kill(proc)
             raise
         finally:
             os.unlink(cfg_path)
-    if timed_out:
-        return {"status": "timeout", "error": f"no result after {timeout_s:g} s; killed"}
+    if outcome is not None:
+        return outcome
     if record is not None:
         return record
     code = proc.returncode
     if code < 0:
         name = signal.Signals(-code).name
-        status = "oom" if -code == signal.SIGKILL else "crashed"
-        why = "killed by SIGKILL (out of memory?)" if status == "oom" else f"killed by {name}"
-        return {"status": status, "error": f"worker {why}; see {log_path}"}
+        if -code == signal.SIGKILL:
+            return {"status": "oom", "error": f"worker killed by SIGKILL (the kernel's out-of-memory "
+                    f"killer?); see {log_path}"}
+        return {"status": "crashed", "error": f"worker killed by {name}; see {log_path}"}
     return {"status": "crashed", "error": f"worker exited with code {code} without a record; see {log_path}"}
 
 
@@ -266,7 +301,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             on_event(CellEvent(cell, "progress", event.get("epoch", 0), event.get("epochs", 0),
                                event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
 
-        outcome = _run_worker(cfg, log_path, config.timeout_s, forward)
+        outcome = _run_worker(cfg, log_path, config.timeout_s, forward, config.memory_limit_gib)
         record = {
             "task": cell.task, "backend": cell.backend, "seed": cell.seed, "repeat": cell.repeat,
             "profile": config.profile,

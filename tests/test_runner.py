@@ -20,11 +20,13 @@ def toy(name, cls):
 def toy_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     return {b.name: b for b in (toy("constant", "Constant"), toy("crash", "Crash"),
-                                toy("hang", "Hang"), toy("nan", "NaN"), toy("fail", "Fail"))}
+                                toy("hang", "Hang"), toy("nan", "NaN"), toy("fail", "Fail"),
+                                toy("hog", "Hog"), toy("slow", "Slow"))}
 
 
-def config(backends, timeout=60.0, tasks=("mlp",), seeds=(0,)):
-    return runner.RunConfig(tuple(tasks), tuple(backends), "smoke", tuple(seeds), 1, timeout)
+def config(backends, timeout=60.0, tasks=("mlp",), seeds=(0,), memory=None):
+    return runner.RunConfig(tuple(tasks), tuple(backends), "smoke", tuple(seeds), 1, timeout,
+                            memory_limit_gib=memory)
 
 
 def test_every_cell_ends_with_a_status_and_the_run_goes_on(tmp_path, toy_env):
@@ -73,3 +75,50 @@ def test_partial_last_line_is_ignored_and_garbage_refused(tmp_path):
     path.write_text(json.dumps({"hello": 1}) + "\n")
     with pytest.raises(FwbenchError, match="not an fwbench record"):
         runner.read_records(path)
+
+
+def test_memory_limit_kills_the_cell_as_oom(tmp_path, toy_env):
+    records = runner.run(config(["hog", "constant"], memory=1.0), tmp_path, toy_env)
+    assert records[0]["status"] == "oom" and "exceeded the limit of 1 GiB" in records[0]["error"]
+    assert records[1]["status"] == "ok"
+
+
+RUNNER_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_runner import config, toy
+from fwbench.harness import runner
+backends = {{"slow": toy("slow", "Slow")}}
+runner.run(config(["slow"], seeds=(0, 1, 2, 3)), Path({run_dir!r}), backends)
+"""
+
+
+def test_kill_9_of_the_runner_then_resume(tmp_path, toy_env):
+    """No record lost, none duplicated, and no worker outlives the runner."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    script = RUNNER_SCRIPT.format(tests=str(TESTS), run_dir=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    results = tmp_path / runner.RESULTS
+    deadline = time.time() + 120
+    while time.time() < deadline and len(runner.read_records(results)) < 1:
+        time.sleep(0.2)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "a worker should be running"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, "workers outlived the killed runner"
+    done = runner.read_records(results)
+    assert 1 <= len(done) < 4
+    resumed = runner.run(config(["slow"], seeds=(0, 1, 2, 3)), tmp_path, {"slow": toy("slow", "Slow")})
+    final = runner.read_records(results)
+    assert len(resumed) == 4 - len(done)
+    assert sorted(r["seed"] for r in final) == [0, 1, 2, 3]

@@ -58,3 +58,22 @@ class NaN(_Base):
 class Fail(_Base):
     def build(self, params):
         raise ValueError("this adapter cannot build\nanything")
+
+
+class Hog(_Base):
+    """Allocates (and touches) memory until something stops it."""
+
+    def train_step(self, x, y):
+        self.hoard = getattr(self, "hoard", [])
+        for _ in range(100):
+            self.hoard.append(np.ones(50 * 2**20 // 8))  # 50 MiB, touched
+            time.sleep(0.01)
+        return 1.0
+
+
+class Slow(_Base):
+    """Finishes, slowly: 0.1 s per step."""
+
+    def train_step(self, x, y):
+        time.sleep(0.1)
+        return 1.0
