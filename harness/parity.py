@@ -97,23 +97,23 @@ def compare(task: spec.Task, backend: str, probe: dict[str, np.ndarray],
     return row
 
 
-def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
-          threads: int = 1, timeout_s: float = 900.0,
-          on_status: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """Probe every backend in ``names`` (each in its own process) and compare."""
-    order = [REFERENCE_BACKEND] + [n for n in names if n != REFERENCE_BACKEND]
-    if REFERENCE_BACKEND not in backends or backends[REFERENCE_BACKEND].missing():
-        order = [n for n in names if n != REFERENCE_BACKEND]  # forward-only comparison
+Probes = dict[str, dict[str, dict[str, np.ndarray]]]  # backend -> task -> arrays
+
+
+def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
+               threads: int = 1, timeout_s: float = 900.0,
+               on_status: Callable[[str], None] = lambda s: None
+               ) -> tuple[dict[str, dict[str, np.ndarray]], Probes, dict[str, str]]:
+    """(batches per task, probes, errors per backend): one worker process per backend."""
     cpus = environment.available_cpus()[:threads]
-    rows: list[Row] = []
+    batches = {t: probe_batches(spec.TASKS[t], seed) for t in tasks}
+    probes: Probes = {}
+    errors: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="fwbench-check-") as tmp:
         work = Path(tmp)
-        batches = {t: probe_batches(spec.TASKS[t], seed) for t in tasks}
         for t, b in batches.items():
             np.savez(work / f"batches-{t}.npz", **b)
-        probes: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-        errors: dict[str, str] = {}
-        for name in order:
+        for name in names:
             on_status(f"probing {name}")
             cfg = {
                 "mode": "probe", "seed": seed, "threads": threads, "cpus": cpus,
@@ -131,13 +131,24 @@ def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed
             for t in tasks:
                 with np.load(work / f"probe-{name}-{t}.npz", allow_pickle=False) as z:
                     probes[name][t] = {k: z[k] for k in z.files}
-        for t in tasks:
-            ref = probes.get(REFERENCE_BACKEND, {}).get(t)
-            for name in names:
-                if name in errors:
-                    rows.append(Row(t, name, error=errors[name]))
-                    continue
-                r = compare(spec.TASKS[t], name, probes[name][t],
-                            None if name == REFERENCE_BACKEND else ref, batches[t], seed)
-                rows.append(r)
+    return batches, probes, errors
+
+
+def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
+          threads: int = 1, timeout_s: float = 900.0,
+          on_status: Callable[[str], None] = lambda s: None) -> list[Row]:
+    """Probe every backend in ``names`` (each in its own process) and compare."""
+    order = [REFERENCE_BACKEND] + [n for n in names if n != REFERENCE_BACKEND]
+    if REFERENCE_BACKEND not in backends or backends[REFERENCE_BACKEND].missing():
+        order = [n for n in names if n != REFERENCE_BACKEND]  # forward-only comparison
+    batches, probes, errors = run_probes(backends, order, tasks, seed, threads, timeout_s, on_status)
+    rows: list[Row] = []
+    for t in tasks:
+        ref = probes.get(REFERENCE_BACKEND, {}).get(t)
+        for name in names:
+            if name in errors:
+                rows.append(Row(t, name, error=errors[name]))
+                continue
+            rows.append(compare(spec.TASKS[t], name, probes[name][t],
+                                None if name == REFERENCE_BACKEND else ref, batches[t], seed))
     return rows

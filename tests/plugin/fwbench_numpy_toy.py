@@ -1,0 +1,87 @@
+"""A toy fwbench backend: plain NumPy, Flatten/Dense/ReLU only (the ``mlp`` task).
+
+It shows the whole contract of an adapter in a few lines; see docs/adding-a-backend.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fwbench.harness import reference, spec
+from fwbench.harness.adapter import Adapter, Backend
+
+BACKEND = Backend(
+    name="numpy-toy",
+    adapter="fwbench_numpy_toy:NumpyAdapter",
+    requires=("numpy",),
+    description="toy: NumPy dense layers, hand-written backward pass",
+)
+
+
+class NumpyAdapter(Adapter):
+    def build(self, params):
+        for layer in self.task.layers:
+            if not isinstance(layer, (spec.Flatten, spec.Dense, spec.ReLU)):
+                raise NotImplementedError(f"numpy-toy supports Flatten, Dense and ReLU, not {layer}")
+        self.params = {k: v.copy() for k, v in params.items()}
+        self.state: dict = {}
+        self.t = 0
+
+    @classmethod
+    def framework_version(cls):
+        return np.__version__
+
+    def _forward(self, x):
+        acts = [x.reshape(len(x), -1) if x.ndim > 2 else x]
+        for i, layer in enumerate(self.task.layers):
+            a = acts[-1]
+            if isinstance(layer, spec.Flatten):
+                a = a.reshape(len(a), -1)
+            elif isinstance(layer, spec.Dense):
+                a = a @ self.params[f"{i}.kernel"] + self.params[f"{i}.bias"]
+            elif isinstance(layer, spec.ReLU):
+                a = np.maximum(a, 0)
+            acts.append(a)
+        return acts
+
+    def _loss_and_grads(self, x, y):
+        acts = self._forward(x)
+        z = acts[-1] - acts[-1].max(axis=1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        loss = float(-np.log(p[np.arange(len(y)), y]).mean())
+        d = p
+        d[np.arange(len(y)), y] -= 1
+        d /= len(y)
+        grads = {}
+        for i in reversed(range(len(self.task.layers))):
+            layer, a_in = self.task.layers[i], acts[i]
+            if isinstance(layer, spec.Dense):
+                grads[f"{i}.kernel"] = a_in.T @ d
+                grads[f"{i}.bias"] = d.sum(axis=0)
+                d = d @ self.params[f"{i}.kernel"].T
+            elif isinstance(layer, spec.ReLU):
+                d = d * (a_in > 0)
+        return loss, grads
+
+    def train_step(self, x, y):
+        loss, grads = self._loss_and_grads(x, y)
+        self.t += 1
+        new = reference.optimizer_step(self.task.optimizer, self.params, grads, self.state, self.t)
+        self.params = {k: v.astype(np.float32) for k, v in new.items()}
+        return loss
+
+    def evaluate(self, x, y):
+        logits = self.logits(x)
+        z = logits - logits.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].sum()), int((logits.argmax(1) == y).sum())
+
+    def logits(self, x):
+        return self._forward(x)[-1].astype(np.float32)
+
+    def gradients(self, x, y):
+        loss, grads = self._loss_and_grads(x, y)
+        return loss, {k: v.astype(np.float32) for k, v in grads.items()}
+
+    def export_params(self):
+        return {k: v.copy() for k, v in self.params.items()}
