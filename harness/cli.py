@@ -258,6 +258,58 @@ def report_cmd(
     console.print(f"written to {target}", style="dim")
 
 
+@app.command("compare")
+def compare_cmd(
+    run_a: Path = typer.Argument(..., help="The baseline run folder."),
+    run_b: Path = typer.Argument(..., help="The run folder to compare with it."),
+    fail_on_regression: Optional[float] = typer.Option(None, help="Exit 1 when a significant step-time regression exceeds this percentage."),
+) -> None:
+    """Per (task, backend): change in step time, throughput, memory and accuracy, with significance."""
+    from . import compare
+
+    if fail_on_regression is not None and fail_on_regression < 0:
+        raise FwbenchError("--fail-on-regression must be a percentage >= 0")
+    changes = compare.compare(run_a, run_b)
+    for diff in compare.environment_differences(run_a, run_b):
+        err.print(f"[yellow]warning: environments differ: {diff}[/]", highlight=False)
+    pct = lambda v: "–" if v is None else f"{v:+.1f}%"  # noqa: E731
+    t = Table(title=f"{run_a} → {run_b}")
+    for c in ("task", "backend", "step ms A", "step ms B", "step", "p", "throughput", "peak memory",
+              "accuracy"):
+        t.add_column(c, justify="left" if c in ("task", "backend") else "right")
+    for c in changes:
+        verdict = "" if c.p_value is None else (" [bold]significant[/]" if c.significant else " n.s.")
+        t.add_row(c.task, c.backend, "–" if c.step_a is None else f"{c.step_a:.2f}",
+                  "–" if c.step_b is None else f"{c.step_b:.2f}", pct(c.step_pct) + verdict,
+                  "–" if c.p_value is None else f"{c.p_value:.1e}", pct(c.throughput_pct),
+                  pct(c.memory_pct), "–" if c.accuracy_delta is None else f"{c.accuracy_delta:+.4f}")
+    console.print(t)
+    if fail_on_regression is not None:
+        worst = [c for c in changes if c.regression_pct > fail_on_regression]
+        for c in worst:
+            err.print(f"regression: {c.task}/{c.backend} step time {c.step_pct:+.1f}% "
+                      f"(p = {c.p_value:.1e}) exceeds {fail_on_regression:g}%")
+        if worst:
+            raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder."),
+    format: str = typer.Option("csv", "--format", help="csv | parquet | json"),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN_DIR/export)."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Also write the per-epoch curves as TensorBoard scalars here."),
+) -> None:
+    """The records as tables (cells, epochs), and optionally TensorBoard scalars."""
+    from . import export
+
+    for path in export.export(run_dir, format, out or run_dir / "export"):
+        console.print(f"wrote {path}")
+    if tensorboard is not None:
+        n = export.tensorboard(run_dir, tensorboard)
+        console.print(f"wrote {n} scalars to {tensorboard} (tensorboard --logdir {tensorboard})")
+
+
 @app.command("check")
 def check_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
