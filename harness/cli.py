@@ -24,7 +24,6 @@ console = Console()
 err = Console(stderr=True)
 DEBUG = False
 
-
 def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
     if value is None:
         return []
@@ -35,7 +34,6 @@ def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
         if item not in allowed:
             raise FwbenchError(f"unknown {what[:-1]} {item!r}; choose from {', '.join(allowed)}")
     return list(dict.fromkeys(items))
-
 
 def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend]]:
     known = discover()
@@ -51,7 +49,6 @@ def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend
             raise FwbenchError(f"backend {n!r} is not installed (missing {', '.join(missing)}); "
                                f"pip install -e '.[{known[n].requires[0]}]'")
     return names, known
-
 
 @app.command("list")
 def list_cmd() -> None:
@@ -78,7 +75,6 @@ def list_cmd() -> None:
         b.add_row(name, versions, backend.source, backend.description)
     console.print(b)
 
-
 @app.command("env")
 def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The machine and software fwbench sees."""
@@ -92,7 +88,6 @@ def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
             v = ", ".join(f"{a}={b}" for a, b in v.items() if b is not None) or "–"
         t.add_row(k, str(v))
     console.print(t)
-
 
 @app.command("run")
 def run_cmd(
@@ -181,7 +176,6 @@ def run_cmd(
     finally:
         lock.release()
 
-
 def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None:
     from . import report, runner
 
@@ -239,7 +233,6 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
     if len(bad):
         raise typer.Exit(1)
 
-
 @app.command("report")
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder (holds results.jsonl)."),
@@ -256,7 +249,6 @@ def report_cmd(
         raise FwbenchError(f"cannot write {target}: {exc.strerror or exc}") from None
     console.print(text, markup=False, highlight=False)
     console.print(f"written to {target}", style="dim")
-
 
 @app.command("compare")
 def compare_cmd(
@@ -292,7 +284,6 @@ def compare_cmd(
         if worst:
             raise typer.Exit(1)
 
-
 @app.command("export")
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder."),
@@ -309,6 +300,50 @@ def export_cmd(
         n = export.tensorboard(run_dir, tensorboard)
         console.print(f"wrote {n} scalars to {tensorboard} (tensorboard --logdir {tensorboard})")
 
+@app.command("overhead")
+def overhead_cmd(
+    tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
+    backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
+    steps: int = typer.Option(50, help="Steps per block."),
+    blocks: int = typer.Option(5, help="Alternating blocks of harness loop and bare loop."),
+    threads: Optional[int] = typer.Option(None, help="Threads (default: all available cores)."),
+) -> None:
+    """The harness's own cost: its training loop vs a bare loop on the same batches (target <= 1.02)."""
+    import dataclasses
+    import tempfile
+
+    from . import data, runner
+
+    task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
+    names, known = _select_backends(backends)
+    cpus = environment.available_cpus()
+    n_threads = threads or len(cpus)
+    if not 1 <= n_threads <= len(cpus) or steps < 2 or blocks < 1:
+        raise FwbenchError(f"need 1 <= --threads <= {len(cpus)}, --steps >= 2, --blocks >= 1")
+    t = Table(title=f"harness loop / bare loop, median of {blocks} blocks of {steps} steps")
+    t.add_column("task")
+    for n in names:
+        t.add_column(n, justify="right")
+    with tempfile.TemporaryDirectory() as tmp, console.status("measuring") as status:
+        for task in task_names:
+            path = data.prepare(spec.TASKS[task].dataset, "smoke")
+            cells = []
+            for name in names:
+                status.update(f"{task} / {name}")
+                cfg = {"mode": "overhead", "task": task, "backend": dataclasses.asdict(known[name]),
+                       "threads": n_threads, "cpus": cpus[:n_threads], "data_path": str(path),
+                       "steps": steps, "blocks": blocks}
+                r = runner.run_worker(cfg, Path(tmp) / "log", 1800, lambda e: None)
+                if r["status"] != "ok":
+                    cells.append(f"[red]{r['status']}[/]")
+                    continue
+
+                cells.append(f"{r['ratio']:.3f}")
+            t.add_row(task, *cells)
+    console.print(t)
+    console.print("ratio = wall time of the harness loop (batch gather, per-step timer, loss check, "
+                  "progress) / wall time of a bare loop over pre-gathered batches; target <= 1.02",
+                  style="dim")
 
 @app.command("check")
 def check_cmd(
@@ -356,7 +391,6 @@ def check_cmd(
     if not all(r.ok for r in rows):
         raise typer.Exit(1)
 
-
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input is one line on stderr and exit code 2; --debug shows tracebacks."""
     global DEBUG
@@ -387,7 +421,6 @@ def main(argv: Optional[list[str]] = None) -> None:
               "the traceback)", file=sys.stderr)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
-
 
 if __name__ == "__main__":
     main()

@@ -121,7 +121,7 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
                 "probes": [{"task": t, "batches_path": str(work / f"batches-{t}.npz"),
                             "probe_path": str(work / f"probe-{name}-{t}.npz")} for t in tasks],
             }
-            outcome = runner._run_worker(cfg, work / f"{name}.log", timeout_s, lambda e: None)
+            outcome = runner.run_worker(cfg, work / f"{name}.log", timeout_s, lambda e: None)
             if outcome["status"] != "ok":
                 log = (work / f"{name}.log").read_text(errors="replace").strip().splitlines()
                 errors[name] = f"{outcome['status']}: {outcome.get('error')}" + (

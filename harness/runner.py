@@ -147,7 +147,7 @@ def _tree_rss(proc: "psutil.Process") -> int:
     return total
 
 
-def _run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
+def run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
                 on_event: Callable[[dict[str, Any]], None],
                 memory_limit_gib: float | None = None) -> dict[str, Any]:
     """Run one worker process; returns its record, or a timeout/oom/crashed record.
@@ -269,7 +269,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
     cpus = environment.available_cpus()[: config.threads]
     if "calibration" not in meta:
         on_status(f"calibrating float32 GEMM peak on {config.threads} thread(s)")
-        outcome = _run_worker({"mode": "calibrate", "threads": config.threads, "cpus": cpus},
+        outcome = run_worker({"mode": "calibrate", "threads": config.threads, "cpus": cpus},
                               run_dir / "logs" / "calibration.log", 300, lambda e: None)
         meta["calibration"] = {"gemm_peak_gflops": outcome.get("gemm_peak_gflops"),
                                "threads": config.threads, "blas": outcome.get("blas")}
@@ -301,7 +301,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             on_event(CellEvent(cell, "progress", event.get("epoch", 0), event.get("epochs", 0),
                                event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
 
-        outcome = _run_worker(cfg, log_path, config.timeout_s, forward, config.memory_limit_gib)
+        outcome = run_worker(cfg, log_path, config.timeout_s, forward, config.memory_limit_gib)
         record = {
             "task": cell.task, "backend": cell.backend, "seed": cell.seed, "repeat": cell.repeat,
             "profile": config.profile,

@@ -95,6 +95,28 @@ def _subsample(values: list[float], n: int = 256) -> list[float]:
     return [values[int(i)] for i in np.linspace(0, len(values) - 1, n)]
 
 
+def run_steps(adapter, x, y, batches, step_times: list[float], losses: list[float],
+              progress=None) -> int | None:
+    """The harness's training loop: gather each batch, time its step, watch the loss.
+
+    Returns the (1-based) step whose loss was not finite, or None. ``fwbench overhead``
+    measures this exact loop against a bare one.
+    """
+    last = time.perf_counter()
+    for step, idx in enumerate(batches, 1):
+        xb, yb = x[idx], y[idx]
+        t = time.perf_counter()
+        loss = adapter.train_step(xb, yb)
+        step_times.append(time.perf_counter() - t)
+        losses.append(loss)
+        if not math.isfinite(loss):
+            return step
+        if progress is not None and t - last > 0.5:
+            progress(step, len(batches))
+            last = t
+    return None
+
+
 def train(cfg: dict[str, Any], out) -> dict[str, Any]:
     """Train one cell; ``cfg["timing_only"]`` runs at most ``max_steps`` steps and no eval."""
     import numpy as np
@@ -135,26 +157,17 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
     train_wall = train_cpu = eval_wall = 0.0
     train_peak = eval_peak = 0
     memory.reset_peak()
-    last_progress = 0.0
     for epoch in range(1, epochs + 1):
         losses = []
         batches = spec.train_batches(len(x_train), task.batch_size, cfg["seed"], epoch)
         if timing_only:
             batches = batches[:max_steps]
         wall0, cpu0 = time.perf_counter(), time.process_time()
-        for step, idx in enumerate(batches):
-            xb, yb = x_train[idx], y_train[idx]
-            t = time.perf_counter()
-            loss = adapter.train_step(xb, yb)
-            step_times.append(time.perf_counter() - t)
-            losses.append(loss)
-            if not math.isfinite(loss):
-                record.update(status="diverged", error=f"loss is {loss} at epoch {epoch} step {step + 1}")
-                break
-            now = time.perf_counter()
-            if now - last_progress > 0.5:
-                _emit(out, "progress", epoch=epoch, epochs=epochs, step=step + 1, steps=len(batches))
-                last_progress = now
+        progress = lambda step, n, epoch=epoch: _emit(  # noqa: E731
+            out, "progress", epoch=epoch, epochs=epochs, step=step, steps=n)
+        bad = run_steps(adapter, x_train, y_train, batches, step_times, losses, progress)
+        if bad is not None:
+            record.update(status="diverged", error=f"loss is {losses[-1]} at epoch {epoch} step {bad}")
         train_wall += time.perf_counter() - wall0
         train_cpu += time.process_time() - cpu0
         train_peak = max(train_peak, memory.peak)
@@ -254,7 +267,38 @@ def calibrate(cfg: dict[str, Any]) -> dict[str, Any]:
             "blas": environment.blas()}
 
 
-MODES = {"train": None, "probe": probe, "calibrate": calibrate}
+def overhead(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The harness loop (``run_steps``) against a bare loop over pre-gathered batches, in
+    alternating blocks of ``steps`` steps on the same adapter; medians of block wall times."""
+    import numpy as np
+
+    from . import data, spec
+    from .adapter import Backend
+
+    task = spec.TASKS[cfg["task"]]
+    backend = Backend(**cfg["backend"])
+    arrays = data.task_arrays(task, data.load_prepared(cfg["data_path"]))
+    x, y = arrays["x_train"], arrays["y_train"]
+    adapter = backend.load()(task, cfg["threads"], backend.options)
+    adapter.build(spec.init_params(task, 0))
+    batches = spec.train_batches(len(x), task.batch_size, 0, 1)[: cfg["steps"]]
+    gathered = [(x[idx], y[idx]) for idx in batches]
+    for xb, yb in gathered[:5]:  # warm-up: compilation, allocator
+        adapter.train_step(xb, yb)
+    harness, bare = [], []
+    for _ in range(cfg["blocks"]):
+        t = time.perf_counter()
+        run_steps(adapter, x, y, batches, [], [], progress=lambda step, n: None)
+        harness.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for xb, yb in gathered:
+            adapter.train_step(xb, yb)
+        bare.append(time.perf_counter() - t)
+    return {"status": "ok", "error": None, "harness_s": harness, "bare_s": bare,
+            "ratio": float(np.median(harness) / np.median(bare))}
+
+
+MODES = {"train": None, "probe": probe, "calibrate": calibrate, "overhead": overhead}
 
 
 def die_with_parent(parent_pid: int | None) -> None:
