@@ -24,6 +24,7 @@ console = Console()
 err = Console(stderr=True)
 DEBUG = False
 
+
 def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
     if value is None:
         return []
@@ -34,6 +35,7 @@ def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
         if item not in allowed:
             raise FwbenchError(f"unknown {what[:-1]} {item!r}; choose from {', '.join(allowed)}")
     return list(dict.fromkeys(items))
+
 
 def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend]]:
     known = discover()
@@ -50,7 +52,10 @@ def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend
                                f"pip install -e '.[{known[n].requires[0]}]'")
     return names, known
 
+
 @app.command("list")
+
+
 def list_cmd() -> None:
     """Tasks, profiles and backends (with installed versions)."""
     t = Table(title="tasks")
@@ -75,7 +80,10 @@ def list_cmd() -> None:
         b.add_row(name, versions, backend.source, backend.description)
     console.print(b)
 
+
 @app.command("env")
+
+
 def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The machine and software fwbench sees."""
     info = environment.capture()
@@ -89,7 +97,10 @@ def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         t.add_row(k, str(v))
     console.print(t)
 
+
 @app.command("run")
+
+
 def run_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
@@ -176,6 +187,7 @@ def run_cmd(
     finally:
         lock.release()
 
+
 def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None:
     from . import report, runner
 
@@ -233,7 +245,10 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
     if len(bad):
         raise typer.Exit(1)
 
+
 @app.command("report")
+
+
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder (holds results.jsonl)."),
     out: Optional[Path] = typer.Option(None, help="Write the Markdown here (default: RUN_DIR/report.md)."),
@@ -250,7 +265,10 @@ def report_cmd(
     console.print(text, markup=False, highlight=False)
     console.print(f"written to {target}", style="dim")
 
+
 @app.command("compare")
+
+
 def compare_cmd(
     run_a: Path = typer.Argument(..., help="The baseline run folder."),
     run_b: Path = typer.Argument(..., help="The run folder to compare with it."),
@@ -284,7 +302,10 @@ def compare_cmd(
         if worst:
             raise typer.Exit(1)
 
+
 @app.command("export")
+
+
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder."),
     format: str = typer.Option("csv", "--format", help="csv | parquet | json"),
@@ -300,7 +321,10 @@ def export_cmd(
         n = export.tensorboard(run_dir, tensorboard)
         console.print(f"wrote {n} scalars to {tensorboard} (tensorboard --logdir {tensorboard})")
 
+
 @app.command("overhead")
+
+
 def overhead_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
@@ -345,7 +369,10 @@ def overhead_cmd(
                   "progress) / wall time of a bare loop over pre-gathered batches; target <= 1.02",
                   style="dim")
 
+
 @app.command("check")
+
+
 def check_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed one)."),
@@ -390,6 +417,7 @@ def check_cmd(
         console.print(f"loosened: {task}/{backend} {metric} <= {tol:g}: {why}")
     if not all(r.ok for r in rows):
         raise typer.Exit(1)
+
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: bad input is one line on stderr and exit code 2; --debug shows tracebacks."""

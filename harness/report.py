@@ -155,7 +155,12 @@ class Pick:
 
     criterion: str
     per_task: dict[str, str]  # task -> "backend (value)"
-    overall: str
+    winners: list[str]  # the backend(s) winning on most tasks
+    note: str  # "2 of 3 tasks", "130 lines", or why there is no winner
+
+    @property
+    def overall(self) -> str:
+        return " / ".join(self.winners) + f" ({self.note})" if self.winners else self.note
 
 
 @dataclass
@@ -402,16 +407,15 @@ def picks(tasks: list[TaskResult], adapters: dict[str, dict[str, Any]]) -> list[
         if wins:
             best = max(wins.values())
             names = sorted(b for b, k in wins.items() if k == best)
-            overall = " / ".join(names) + f" ({best} of {n} task{'s' if n != 1 else ''})"
+            out.append(Pick(label, per_task, names, f"{best} of {n} task{'s' if n != 1 else ''}"))
         else:
-            overall = "no data" if label != "fastest to target" else "no backend reached a target"
-        out.append(Pick(label, per_task, overall))
+            out.append(Pick(label, per_task, [], "no backend reached a target"
+                            if label == "fastest to target" else "no data"))
     sized = {b: a["loc"] for b, a in adapters.items() if a.get("loc")}
     if sized:
         small = min(sized.values())
         names = sorted(b for b, v in sized.items() if v == small)
-        out.append(Pick("smallest adapter", {t.task: "" for t in tasks},
-                        " / ".join(names) + f" ({small} lines)"))
+        out.append(Pick("smallest adapter", {t.task: "" for t in tasks}, names, f"{small} lines"))
     return out
 
 

@@ -135,7 +135,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _tree_rss(proc: "psutil.Process") -> int:
+def _tree_rss(proc) -> int:
     import psutil
 
     total = 0

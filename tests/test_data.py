@@ -97,13 +97,13 @@ def _tar_with(path, members):
 def test_tar_and_csv_give_the_same_data(tmp_path):
     reviews = {("train", "pos", 0): "Great film<br />loved it", ("train", "neg", 0): "bad bad film",
                ("test", "pos", 3): "great!", ("test", "neg", 1): "awful film, bad"}
-    _tar_with(tmp_path / "a.tar.gz", {f"aclImdb/{s}/{l}/{i}_8.txt": t for (s, l, i), t in reviews.items()}
+    _tar_with(tmp_path / "a.tar.gz", {f"aclImdb/{s}/{lab}/{i}_8.txt": t for (s, lab, i), t in reviews.items()}
               | {"aclImdb/README": "readme", "aclImdb/imdb.vocab": "x"})
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["split", "label", "id", "rating", "text"])
-    for (s, l, i), t in reversed(list(reviews.items())):
-        w.writerow([s, l, i, 8, t])
+    for (s, lab, i), t in reversed(list(reviews.items())):
+        w.writerow([s, lab, i, 8, t])
     with gzip.open(tmp_path / "a.csv.gz", "wt") as f:
         f.write(buf.getvalue())
     a = data._imdb_arrays(data.read_imdb_tar(tmp_path / "a.tar.gz"))
