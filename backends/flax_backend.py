@@ -217,6 +217,11 @@ class FlaxAdapter(Adapter):
     def framework_version(cls) -> str:
         return flax.__version__  # jax and optax versions: Backend.versions()
 
+    def determinism(self) -> dict[str, Any]:
+        # XLA:CPU has no determinism switch: its reductions run in a fixed order; dropout
+        # draws from nnx.Rngs seeded from options["seed"].
+        return {"xla_cpu": "deterministic, no switch", "rngs_seed": int(self.options.get("seed", 0))}
+
     def thread_settings(self) -> dict[str, Any]:
         # XLA exposes no API for its pool sizes; report the knobs it reads and what it sees.
         try:
@@ -250,7 +255,7 @@ class FlaxAdapter(Adapter):
                 raise ValueError(f"{name}: shape {value.shape} != flax {var.value.shape}")
             var.value = jnp.asarray(value)
         if any(isinstance(layer, spec.Dropout) for layer in self.task.layers):
-            self.model.dropout_rngs = nnx.Rngs(dropout=0)
+            self.model.dropout_rngs = nnx.Rngs(dropout=int(self.options.get("seed", 0)))
         abstract = [p for p, v in nnx.to_flat_state(nnx.state(self.model))
                     if not isinstance(v.value, jax.Array)]
         if abstract:

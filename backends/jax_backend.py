@@ -146,7 +146,7 @@ class JaxAdapter(Adapter):
     def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
         super().__init__(task, threads, options)
         _init_cpu_client(threads)
-        self.seed = int(self.options.get("seed", 0))
+        self.seed = int(self.options.get("seed", 0))  # dropout keys (deterministic per seed)
         self._has_dropout = any(isinstance(layer, spec.Dropout) and layer.rate > 0 for layer in task.layers)
         self.names = [p.name for p in spec.param_specs(task)]
 
@@ -181,6 +181,11 @@ class JaxAdapter(Adapter):
     @classmethod
     def framework_version(cls) -> str:
         return f"jax {jax.__version__}, jaxlib {jax.lib.__version__}, optax {optax.__version__}"
+
+    def determinism(self) -> dict[str, Any]:
+        # XLA:CPU has no determinism switch: its reductions run in a fixed order; randomness
+        # (dropout) comes only from keys derived from the seed.
+        return {"xla_cpu": "deterministic, no switch", "dropout_key_seed": self.seed}
 
     def thread_settings(self) -> dict[str, Any]:
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None

@@ -180,6 +180,13 @@ class KerasAdapter(Adapter):
         except RuntimeError:
             pass
         self.jit = bool(self.options.get("jit_compile", False))
+        if self.options.get("deterministic"):
+            tf.config.experimental.enable_op_determinism()
+            keras.utils.set_random_seed(int(self.options.get("seed", 0)))  # dropout masks
+
+    def determinism(self) -> dict[str, Any]:
+        on = bool(self.options.get("deterministic"))
+        return {"enable_op_determinism": on, "set_random_seed": self.options.get("seed") if on else None}
 
     @classmethod
     def framework_version(cls) -> str:

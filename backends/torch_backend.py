@@ -83,6 +83,13 @@ class TorchAdapter(Adapter):
         except RuntimeError:  # only settable once per process, before any parallel work
             pass
         self.names = canonical_to_torch(task)
+        if self.options.get("deterministic"):
+            torch.use_deterministic_algorithms(True)
+            torch.manual_seed(int(self.options.get("seed", 0)))  # dropout masks
+
+    def determinism(self) -> dict[str, Any]:
+        return {"use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                "manual_seed": self.options.get("seed") if self.options.get("deterministic") else None}
 
     @classmethod
     def framework_version(cls) -> str:

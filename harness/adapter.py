@@ -71,6 +71,12 @@ class Adapter(abc.ABC):
         """The thread counts the framework itself reports (recorded, not trusted)."""
         return {}
 
+    def determinism(self) -> dict[str, Any]:
+        """The determinism switches in force. ``options["deterministic"]`` (``fwbench run
+        --deterministic``) asks the adapter to set its framework's switches and seed its
+        random streams from ``options["seed"]``; an adapter reports what it set here."""
+        return {}
+
     @classmethod
     def framework_version(cls) -> str:
         return ""

@@ -112,13 +112,15 @@ def run_cmd(
     timeout: float = typer.Option(3600.0, help="Seconds per cell before it is killed."),
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted run folder."),
     repeats: Optional[int] = typer.Option(None, help="Runs per cell; repeats after the first are timing-only (default 1)."),
+    deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Set each framework's determinism switches (recorded)."),
     memory_limit: Optional[float] = typer.Option(None, help="GiB of resident memory per cell before it is killed as oom (default: 75% of RAM)."),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
     from . import runner
 
     given = {k: v for k, v in (("tasks", tasks), ("backends", backends), ("profile", profile),
-                               ("seeds", seeds), ("threads", threads), ("repeats", repeats))
+                               ("seeds", seeds), ("threads", threads), ("repeats", repeats),
+                               ("deterministic", deterministic))
              if v is not None}
     profile = profile or "quick"
     if profile not in spec.PROFILES:
@@ -145,7 +147,7 @@ def run_cmd(
     config = runner.RunConfig(tuple(task_names), tuple(backend_names), profile,
                               tuple(range(n_seeds)), n_threads, timeout,
                               str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"),
-                              repeats=repeats or 1,
+                              repeats=repeats or 1, deterministic=bool(deterministic),
                               memory_limit_gib=round(memory_limit or 0.75 * total_gib, 2))
     if resume is not None:
         run_dir = resume

@@ -42,6 +42,7 @@ class RunConfig:
     data_dir: str | None = None
     repeats: int = 1  # repeats > 0 are timing-only re-runs of each cell
     memory_limit_gib: float | None = None
+    deterministic: bool = False
     timing_steps: int = 200  # steps of a timing-only repeat
 
     def to_json(self) -> dict[str, Any]:
@@ -241,6 +242,13 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _with_options(backend: Backend, config: RunConfig, cell: Cell) -> dict[str, Any]:
+    fields = dataclasses.asdict(backend)
+    if config.deterministic:
+        fields["options"] = {**fields["options"], "deterministic": True, "seed": cell.seed}
+    return fields
+
+
 def new_run_dir(base: Path = Path("runs")) -> Path:
     return base / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -289,7 +297,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         on_event(CellEvent(cell, "start", epochs=task.epochs(config.profile)))
         cfg = {
             "task": cell.task, "seed": cell.seed, "profile": config.profile,
-            "backend": dataclasses.asdict(backends[cell.backend]),
+            "backend": _with_options(backends[cell.backend], config, cell),
             "threads": config.threads, "cpus": cpus,
             "data_path": str(prepared[task.dataset]),
             "timing_only": cell.repeat > 0, "max_steps": config.timing_steps,

@@ -33,7 +33,8 @@ def pin_threads(cpus: list[int], threads: int) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+                "PJRT_NPROC"):  # XLA:CPU sizes its pool from PJRT_NPROC at client creation
         os.environ[var] = str(threads)
 
 
@@ -224,6 +225,7 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
         eval_peak_rss_mib=eval_peak / MIB if eval_peak else None,
         peak_rss_mib=max(memory.peak, train_peak, eval_peak) / MIB,
         thread_settings=adapter.thread_settings(),
+        determinism=adapter.determinism(),
     )
     memory.stop()
     record["memory_timeline"] = [[t, round(rss / MIB, 1)] for t, rss in memory.timeline]

@@ -107,3 +107,25 @@ def test_smoke_run_end_to_end_with_torch(tmp_path):
     assert resumed.returncode == 0 and len((out / "results.jsonl").read_text().splitlines()) == 3
     differ = fwbench("run", "--resume", str(out), "--seeds", "2")
     assert differ.returncode == 2 and "seeds differ" in differ.stderr
+
+
+@pytest.mark.slow
+def test_deterministic_runs_repeat_their_losses(tmp_path):
+    """--deterministic: two runs give identical losses, per installed backend."""
+    from fwbench.harness.adapter import discover
+
+    names = [n for n, b in discover().items() if b.installed and not b.options]
+    if not names:
+        pytest.skip("no backend installed")
+    losses = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        r = fwbench("run", "--profile", "smoke", "--backends", ",".join(names), "--tasks", "mlp",
+                    "--deterministic", "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        assert all(rec["status"] == "ok" and rec["determinism"] for rec in records)
+        losses.append({rec["backend"]: (rec["epochs"][0]["train_loss"], rec["epochs"][0]["test_loss"])
+                       for rec in records})
+    assert losses[0] == losses[1] and len(losses[0]) == len(names)
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["config"]["deterministic"] is True

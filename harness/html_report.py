@@ -1,0 +1,288 @@
+"""One self-contained HTML report of a run: inline CSS, inline SVG plots, no network.
+
+The numbers come from ``report.analyze`` (the same as the Markdown report); this module only
+draws them (matplotlib, Agg, SVG) and fills ``templates/report.html.j2`` (jinja2).
+Never imports a framework.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import report, stats
+from .report import Analysis, BackendResult, TaskResult, num, pct
+
+TEMPLATES = Path(__file__).parent / "templates"
+# matplotlib's tab10, fixed here so table swatches and plot lines share one colour per backend
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+STYLE = {
+    "svg.fonttype": "none",  # text stays text: small, sharp, selectable
+    "svg.hashsalt": "fwbench",  # deterministic ids (made unique per plot in _svg)
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "grid.color": "#e6e6e6",
+    "grid.linewidth": 0.6,
+    "axes.edgecolor": "#888888",
+    "legend.frameon": False,
+    "legend.fontsize": 8,
+}
+FIGSIZE = (4.4, 2.9)
+
+
+def _svg(fig: Any, ident: str, label: str) -> str:
+    """The figure as an inline <svg>: no XML prolog, no metadata, ids unique in the page."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r'\bid="', f'id="{ident}-', text)
+    text = text.replace('href="#', f'href="#{ident}-').replace("url(#", f"url(#{ident}-")
+    text = re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"',
+                  rf'<svg class="plot" role="img" aria-label="{label}" \1', text, count=1)
+    return text
+
+
+def _short(value: float, _pos: Any = None) -> str:
+    """Axis ticks: 12000 -> 12k."""
+    return f"{value / 1000:g}k" if abs(value) >= 1000 else f"{value:g}"
+
+
+def _figure():
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _epoch_curves(a: Analysis, task: str) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """backend -> epoch -> [(test accuracy, cumulative training s), one per seed]."""
+    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
+    for r in a.records:
+        if r["task"] != task or r["status"] != "ok" or r.get("repeat", 0):
+            continue
+        for e in r.get("epochs") or []:
+            if e.get("test_accuracy") is None:
+                continue
+            out.setdefault(r["backend"], {}).setdefault(e["epoch"], []).append(
+                (e["test_accuracy"], e.get("wall_s")))
+    return out
+
+
+def _accuracy_plot(a: Analysis, t: TaskResult, colors: dict[str, str], by_time: bool) -> str | None:
+    curves = _epoch_curves(a, t.task)
+    if not curves:
+        return None
+    fig, ax = _figure()
+    seen: list[float] = []
+    for b in [r.backend for r in t.rows if r.backend in curves]:
+        epochs = sorted(curves[b])
+        acc = [[v[0] * 100 for v in curves[b][e]] for e in epochs]
+        if by_time:
+            walls = [[v[1] for v in curves[b][e] if v[1] is not None] for e in epochs]
+            if not all(walls):
+                continue
+            x = [float(np.median(w)) for w in walls]
+        else:
+            x = epochs
+        mid = [float(np.median(v)) for v in acc]
+        lo, hi = [min(v) for v in acc], [max(v) for v in acc]
+        seen += lo + hi
+        ax.plot(x, mid, "o-", color=colors[b], label=b, markersize=4, linewidth=1.6)
+        if any(h > l for l, h in zip(lo, hi)):
+            if len(x) > 1:
+                ax.fill_between(x, lo, hi, color=colors[b], alpha=0.18, linewidth=0)
+            else:
+                ax.vlines(x, lo, hi, color=colors[b], alpha=0.45, linewidth=5)
+    if t.target is not None and seen:
+        # the target line only where it does not squash the curves into a corner
+        target, span = t.target * 100, max(max(seen) - min(seen), 2.0)
+        label = f"target {report.pct_target(t.target)}"
+        if min(seen) - span <= target <= max(seen) + span:
+            ax.axhline(target, color="#444444", linestyle="--", linewidth=0.9)
+            ax.annotate(label, (0.01, target), xycoords=("axes fraction", "data"), va="bottom",
+                        fontsize=8, color="#444444")
+        else:
+            ax.annotate(label + (" (above)" if target > max(seen) else " (below)"), (0.01, 0.98),
+                        xycoords="axes fraction", va="top", fontsize=8, color="#444444")
+            ax.margins(y=0.25)
+    ax.set_xlabel("training time (s)" if by_time else "epoch")
+    ax.set_ylabel("test accuracy (%)")
+    if not by_time:
+        last = max(max(c) for c in curves.values())
+        ax.set_xticks(range(1, last + 1))
+        ax.set_xlim(0.6, last + 0.4)
+    ax.legend(loc="lower right")
+    kind = "time" if by_time else "epoch"
+    return _svg(fig, f"{t.task}-acc-{kind}", f"{t.task}: test accuracy by {kind}")
+
+
+def _throughput_plot(t: TaskResult, colors: dict[str, str]) -> str | None:
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    rows = [r for r in t.rows if r.throughput is not None]
+    if not rows:
+        return None
+    fig, ax = _figure()
+    y = np.arange(len(rows))[::-1]
+    values = [r.throughput for r in rows]
+    err = np.array([[r.throughput - r.throughput_ci[0], r.throughput_ci[1] - r.throughput]
+                    if r.throughput_ci else [0.0, 0.0] for r in rows]).T
+    ax.barh(y, values, color=[colors[r.backend] for r in rows], height=0.6,
+            xerr=err if err.any() else None, error_kw={"ecolor": "#333333", "capsize": 3, "lw": 1})
+    ax.set_yticks(y, [r.backend for r in rows])
+    ax.grid(axis="y", visible=False)
+    top = max(v + e for v, e in zip(values, err[1]))
+    for yi, v, e in zip(y, values, err[1]):
+        ax.annotate(num(v), (v + e + top * 0.015, yi), va="center", fontsize=8)
+    ax.set_xlim(0, top * 1.22)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(FuncFormatter(_short))
+    ax.set_xlabel("samples/s (median step; 95% CI)" if err.any() else "samples/s (median step)")
+    return _svg(fig, f"{t.task}-throughput", f"{t.task}: throughput by backend")
+
+
+def _memory_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | None:
+    fig, ax = _figure()
+    drawn = False
+    for b in [r.backend for r in t.rows]:
+        runs = sorted((r for r in a.records if r["task"] == t.task and r["backend"] == b
+                       and not r.get("repeat", 0) and r.get("memory_timeline")),
+                      key=lambda r: (r["status"] != "ok", r["seed"]))
+        if not runs:
+            continue
+        tl = np.asarray(runs[0]["memory_timeline"], dtype=float)
+        if tl.ndim != 2 or tl.shape[1] < 2:
+            continue
+        ax.plot(tl[:, 0], tl[:, 1], color=colors[b], linewidth=1.6, label=f"{b} (seed {runs[0]['seed']})")
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("seconds since process start")
+    ax.set_ylabel("resident memory (MiB)")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="best")
+    return _svg(fig, f"{t.task}-memory", f"{t.task}: memory over time")
+
+
+def _scatter_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | None:
+    from matplotlib.ticker import FuncFormatter
+
+    rows = [r for r in t.rows if r.throughput is not None and r.accuracy is not None]
+    if not rows:
+        return None
+    fig, ax = _figure()
+    for r in rows:
+        seeds = [(x["throughput_samples_s"], x["test_accuracy"] * 100) for x in a.records
+                 if x["task"] == t.task and x["backend"] == r.backend and x["status"] == "ok"
+                 and not x.get("repeat", 0) and x.get("test_accuracy") is not None
+                 and x.get("throughput_samples_s")]
+        if len(seeds) > 1:
+            ax.scatter(*zip(*seeds), color=colors[r.backend], alpha=0.35, s=14, linewidths=0)
+        ax.scatter([r.throughput], [r.accuracy * 100], color=colors[r.backend], s=46,
+                   edgecolors="white", linewidths=0.8, zorder=3)
+        ax.annotate(r.backend, (r.throughput, r.accuracy * 100), xytext=(5, 4),
+                    textcoords="offset points", fontsize=8, color=colors[r.backend])
+    xs = [r.throughput for r in rows]
+    ax.margins(x=0.25, y=0.3)
+    if max(xs) / min(xs) > 8:
+        ax.set_xscale("log")
+    else:
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_formatter(FuncFormatter(_short))
+    ax.set_xlabel("throughput (samples/s)")
+    ax.set_ylabel("test accuracy (%)")
+    return _svg(fig, f"{t.task}-scatter", f"{t.task}: accuracy against speed")
+
+
+def task_plots(a: Analysis, t: TaskResult, colors: dict[str, str]) -> list[dict[str, str]]:
+    """The task's figures that have data: [{"title", "svg"}]; a missing one gets a note."""
+    made = [
+        ("Test accuracy by epoch", "median over seeds; band: min to max",
+         lambda: _accuracy_plot(a, t, colors, by_time=False)),
+        ("Test accuracy by training time", "cumulative training time, median over seeds",
+         lambda: _accuracy_plot(a, t, colors, by_time=True)),
+        ("Steady-state throughput", "batch / median step time",
+         lambda: _throughput_plot(t, colors)),
+        ("Memory over time", "resident set size of the worker, repeat 0, first seed",
+         lambda: _memory_plot(a, t, colors)),
+        ("Accuracy against speed", "up and right is better; small dots: single seeds",
+         lambda: _scatter_plot(a, t, colors)),
+    ]
+    return [{"title": title, "note": note, "svg": draw()} for title, note, draw in made]
+
+
+def _cell(text: str, sort: Any = None, ci: str = "", cls: str = "num") -> dict[str, Any]:
+    return {"text": text, "ci": ci, "sort": "" if report._missing(sort) else sort, "cls": cls}
+
+
+def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:
+    """The ranked table as cells: shown text, CI (or ''), sort key."""
+    text = {r["backend"]: r for r in report.task_rows(t)}
+    out = []
+    for r in t.rows:
+        tr = text[r.backend]
+        out.append([
+            _cell(tr["#"], r.position),
+            _cell(r.backend, cls="backend"),
+            _cell(tr["to target s"], r.to_target_s),
+            _cell(num(r.throughput), r.throughput, report.ci_text(r.throughput_ci)),
+            _cell(pct(r.accuracy), r.accuracy, report.ci_text(r.accuracy_ci, pct)),
+            _cell(num(r.first_step_s), r.first_step_s),
+            _cell(num(r.step_p50), r.step_p50, report.ci_text(r.step_ci)),
+            _cell(num(r.step_p90), r.step_p90),
+            _cell(num(r.peak_mib), r.peak_mib),
+            _cell(num(r.start_s), r.start_s),
+            _cell(tr["status"], r.ok / r.cells if r.cells else 0, cls="status" + (" bad" if r.statuses else "")),
+        ])
+    return out
+
+
+COLUMNS = [("#", "place: time to target, then throughput"), ("backend", ""),
+           ("to target s", "training time until the target accuracy (median over seeds)"),
+           ("samples/s", "steady-state throughput: batch / median step time"),
+           ("test acc", "final test accuracy, median over seeds"),
+           ("first step s", "the first step, with tracing or compilation"),
+           ("step p50 ms", "median steady-state step"), ("step p90 ms", "90th percentile step"),
+           ("peak MiB", "peak resident memory of the worker"),
+           ("start s", "import + setup + first step"), ("cells", "finished / planned")]
+
+
+def html_report(run_dir: str | Path) -> str:
+    """The whole report as one HTML string (write it anywhere; it fetches nothing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    a = report.analyze(run_dir)
+    colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(a.backends)}
+    with matplotlib.rc_context(STYLE):
+        sections = [{"t": t, "rows": table_rows(t), "plots": task_plots(a, t, colors) if t.finished else []}
+                    for t in a.tasks]
+    cfg = a.meta.get("config") or {}
+    env = a.meta.get("environment") or {}
+    versions = {}
+    for b in a.backends:
+        info = (a.meta.get("backends") or {}).get(b) or {}
+        found = {r.get("framework_version") for r in a.records if r["backend"] == b and r.get("framework_version")}
+        versions[b] = ", ".join(sorted(found)) or ", ".join(f"{k} {v}" for k, v in (info.get("requires") or {}).items())
+    jenv = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["j2", "html"]),
+                       trim_blocks=True, lstrip_blocks=True)
+    jenv.filters["pct_target"] = report.pct_target
+    return jenv.get_template("report.html.j2").render(
+        a=a, sections=sections, colors=colors, columns=COLUMNS, meta_lines=report.meta_lines(a.meta),
+        versions=versions, sources={b: ((a.meta.get("backends") or {}).get(b) or {}).get("source", "")
+                                    for b in a.backends},
+        cfg=cfg, env=env, seeds=len(cfg.get("seeds") or []) or len({r["seed"] for r in a.records}),
+        repeats=cfg.get("repeats", 1), alpha=stats.ALPHA)
