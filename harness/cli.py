@@ -226,7 +226,8 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
             runner.run(config, run_dir, known, on_event=on_event,
                        on_status=lambda s: console.print(f"[dim]{s}[/]"))
     except KeyboardInterrupt:
-        err.print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}")
+        print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}",
+              file=sys.stderr)
         raise typer.Exit(130)
     cells, _ = report.load_results(run_dir)
     rows = report.summary_rows(run_dir)

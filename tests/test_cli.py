@@ -129,3 +129,46 @@ def test_deterministic_runs_repeat_their_losses(tmp_path):
                        for rec in records})
     assert losses[0] == losses[1] and len(losses[0]) == len(names)
     assert json.loads((tmp_path / "a" / "run.json").read_text())["config"]["deterministic"] is True
+
+
+def test_a_results_file_that_is_not_fwbench_s(tmp_path):
+    (tmp_path / "results.jsonl").write_text('{"name": "something else"}\n')
+    r = fwbench("report", str(tmp_path))
+    assert r.returncode == 2 and "not an fwbench record" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path / ".fwbench.lock")):
+        r = fwbench("run", "--profile", "smoke", "--backends", "torch", "--out", str(tmp_path))
+    if "not installed" in r.stderr:
+        pytest.skip("torch not installed")
+    assert r.returncode == 2 and "another fwbench run is writing to" in r.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_records_and_stops_the_worker(tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fwbench.harness.cli", "run", "--profile", "smoke",
+                             "--backends", "torch", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"fwbench run --resume {out}" in stderr
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive
+    kept = results.read_text().splitlines()
+    assert 1 <= len(kept) <= 3 and all(json.loads(x)["status"] == "ok" for x in kept)
