@@ -37,6 +37,7 @@ STYLE = {
     "legend.fontsize": 8,
 }
 FIGSIZE = (4.4, 2.9)
+MARKERS = "osD^vPX*"  # shapes differ too, so equal results still show every backend
 
 
 def _svg(fig: Any, ident: str, label: str) -> str:
@@ -51,6 +52,10 @@ def _svg(fig: Any, ident: str, label: str) -> str:
     text = re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"',
                   rf'<svg class="plot" role="img" aria-label="{label}" \1', text, count=1)
     return text
+
+
+def _marker(a: Analysis, backend: str) -> str:
+    return MARKERS[a.backends.index(backend) % len(MARKERS)]
 
 
 def _short(value: float, _pos: Any = None) -> str:
@@ -98,7 +103,8 @@ def _accuracy_plot(a: Analysis, t: TaskResult, colors: dict[str, str], by_time: 
         mid = [float(np.median(v)) for v in acc]
         lo, hi = [min(v) for v in acc], [max(v) for v in acc]
         seen += lo + hi
-        ax.plot(x, mid, "o-", color=colors[b], label=b, markersize=4, linewidth=1.6)
+        ax.plot(x, mid, "-", marker=_marker(a, b), color=colors[b], label=b, markersize=5,
+                linewidth=1.6, markerfacecolor="none" if a.backends.index(b) % 2 else colors[b])
         if any(h > l for l, h in zip(lo, hi)):
             if len(x) > 1:
                 ax.fill_between(x, lo, hi, color=colors[b], alpha=0.18, linewidth=0)
@@ -176,30 +182,33 @@ def _memory_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | No
 
 
 def _scatter_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | None:
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     rows = [r for r in t.rows if r.throughput is not None and r.accuracy is not None]
     if not rows:
         return None
     fig, ax = _figure()
+    xs = []
     for r in rows:
         seeds = [(x["throughput_samples_s"], x["test_accuracy"] * 100) for x in a.records
                  if x["task"] == t.task and x["backend"] == r.backend and x["status"] == "ok"
                  and not x.get("repeat", 0) and x.get("test_accuracy") is not None
                  and x.get("throughput_samples_s")]
+        m = _marker(a, r.backend)
         if len(seeds) > 1:
-            ax.scatter(*zip(*seeds), color=colors[r.backend], alpha=0.35, s=14, linewidths=0)
-        ax.scatter([r.throughput], [r.accuracy * 100], color=colors[r.backend], s=46,
-                   edgecolors="white", linewidths=0.8, zorder=3)
-        ax.annotate(r.backend, (r.throughput, r.accuracy * 100), xytext=(5, 4),
-                    textcoords="offset points", fontsize=8, color=colors[r.backend])
-    xs = [r.throughput for r in rows]
-    ax.margins(x=0.25, y=0.3)
+            ax.scatter(*zip(*seeds), color=colors[r.backend], marker=m, alpha=0.35, s=14, linewidths=0)
+        ax.scatter([r.throughput], [r.accuracy * 100], color=colors[r.backend], marker=m, s=50,
+                   edgecolors="white", linewidths=0.8, zorder=3, label=r.backend)
+        xs += [r.throughput] + [x for x, _ in seeds]
+    ax.margins(y=0.3)
     if max(xs) / min(xs) > 8:
         ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+        ax.xaxis.set_minor_formatter(NullFormatter())
     else:
-        ax.set_xlim(left=0)
-        ax.xaxis.set_major_formatter(FuncFormatter(_short))
+        ax.set_xlim(0, max(xs) * 1.15)
+    ax.xaxis.set_major_formatter(FuncFormatter(_short))
+    ax.legend(loc="best")
     ax.set_xlabel("throughput (samples/s)")
     ax.set_ylabel("test accuracy (%)")
     return _svg(fig, f"{t.task}-scatter", f"{t.task}: accuracy against speed")

@@ -262,7 +262,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
     results = run_dir / RESULTS
     done = {record_ident(r) for r in read_records(results)}
     meta_path = run_dir / RUN_JSON
-    if not meta_path.exists():
+    if not done:  # a new run (or one that died before its first record): fresh metadata
         meta = {
             "fwbench_run": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -172,3 +172,20 @@ def test_ctrl_c_keeps_records_and_stops_the_worker(tmp_path):
     assert not alive
     kept = results.read_text().splitlines()
     assert 1 <= len(kept) <= 3 and all(json.loads(x)["status"] == "ok" for x in kept)
+
+
+def test_corrupted_data_file_is_one_line(tmp_path, real_data_dir):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(real_data_dir / "mnist", data_dir / "mnist")
+    target = data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(target.read_bytes())
+    raw[200] ^= 0x01
+    target.write_bytes(bytes(raw))
+    r = fwbench("run", "--tasks", "mlp", "--backends", "torch", "--data-dir", str(data_dir),
+                "--out", str(tmp_path / "run"))
+    if "not installed" in r.stderr:
+        pytest.skip("torch not installed")
+    assert r.returncode == 2 and "t10k-labels-idx1-ubyte.gz: checksum mismatch" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
