@@ -54,8 +54,6 @@ def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend
 
 
 @app.command("list")
-
-
 def list_cmd() -> None:
     """Tasks, profiles and backends (with installed versions)."""
     t = Table(title="tasks")
@@ -82,8 +80,6 @@ def list_cmd() -> None:
 
 
 @app.command("env")
-
-
 def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The machine and software fwbench sees."""
     info = environment.capture()
@@ -99,8 +95,6 @@ def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 
 @app.command("run")
-
-
 def run_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
@@ -250,28 +244,38 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
 
 
 @app.command("report")
-
-
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder (holds results.jsonl)."),
-    out: Optional[Path] = typer.Option(None, help="Write the Markdown here (default: RUN_DIR/report.md)."),
+    format: str = typer.Option("md,html", "--format", help="Comma-separated: md, html."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN_DIR)."),
 ) -> None:
-    """A Markdown report of a run: one row per task x backend."""
+    """Markdown and self-contained HTML reports of a run (read from its records only)."""
     from . import report
 
+    formats = _csv(format, ["md", "html"], "formats")
+    folder = out or run_dir
     text = report.markdown_report(run_dir)
-    target = out or run_dir / "report.md"
+    pages = {"md": lambda: text}
+    if "html" in formats:
+        from . import html_report
+
+        pages["html"] = lambda: html_report.html_report(run_dir)
     try:
-        target.write_text(text)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for fmt in formats:
+            target = folder / f"report.{fmt}"
+            target.write_text(pages[fmt]())
+            written.append(target)
     except OSError as exc:
-        raise FwbenchError(f"cannot write {target}: {exc.strerror or exc}") from None
-    console.print(text, markup=False, highlight=False)
-    console.print(f"written to {target}", style="dim")
+        raise FwbenchError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    if "md" in formats:
+        console.print(text, markup=False, highlight=False)
+    for target in written:
+        console.print(f"written: {target}", style="dim")
 
 
 @app.command("compare")
-
-
 def compare_cmd(
     run_a: Path = typer.Argument(..., help="The baseline run folder."),
     run_b: Path = typer.Argument(..., help="The run folder to compare with it."),
@@ -307,8 +311,6 @@ def compare_cmd(
 
 
 @app.command("export")
-
-
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder."),
     format: str = typer.Option("csv", "--format", help="csv | parquet | json"),
@@ -326,8 +328,6 @@ def export_cmd(
 
 
 @app.command("overhead")
-
-
 def overhead_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
@@ -374,8 +374,6 @@ def overhead_cmd(
 
 
 @app.command("check")
-
-
 def check_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed one)."),

@@ -7,6 +7,7 @@ Never imports a framework.
 
 from __future__ import annotations
 
+import html
 import io
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import report, stats
-from .report import Analysis, BackendResult, TaskResult, num, pct
+from .report import Analysis, TaskResult, num, pct
 
 TEMPLATES = Path(__file__).parent / "templates"
 # matplotlib's tab10, fixed here so table swatches and plot lines share one colour per backend
@@ -46,11 +47,11 @@ def _svg(fig: Any, ident: str, label: str) -> str:
     fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
-    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.DOTALL)
     text = re.sub(r'\bid="', f'id="{ident}-', text)
     text = text.replace('href="#', f'href="#{ident}-').replace("url(#", f"url(#{ident}-")
     text = re.sub(r'<svg ([^>]*?)width="[^"]*" height="[^"]*"',
-                  rf'<svg class="plot" role="img" aria-label="{label}" \1', text, count=1)
+                  rf'<svg class="plot" role="img" aria-label="{html.escape(label)}" \1', text, count=1)
     return text
 
 
@@ -90,7 +91,8 @@ def _accuracy_plot(a: Analysis, t: TaskResult, colors: dict[str, str], by_time: 
         return None
     fig, ax = _figure()
     seen: list[float] = []
-    for b in [r.backend for r in t.rows if r.backend in curves]:
+    shown = [r.backend for r in t.rows if r.backend in curves]
+    for i, b in enumerate(shown):
         epochs = sorted(curves[b])
         acc = [[v[0] * 100 for v in curves[b][e]] for e in epochs]
         if by_time:
@@ -98,8 +100,8 @@ def _accuracy_plot(a: Analysis, t: TaskResult, colors: dict[str, str], by_time: 
             if not all(walls):
                 continue
             x = [float(np.median(w)) for w in walls]
-        else:
-            x = epochs
+        else:  # dodged a little, so equal results and their bands stay apart
+            x = [e + (i - (len(shown) - 1) / 2) * min(0.08, 0.5 / len(shown)) for e in epochs]
         mid = [float(np.median(v)) for v in acc]
         lo, hi = [min(v) for v in acc], [max(v) for v in acc]
         seen += lo + hi
@@ -232,7 +234,7 @@ def task_plots(a: Analysis, t: TaskResult, colors: dict[str, str]) -> list[dict[
 
 
 def _cell(text: str, sort: Any = None, ci: str = "", cls: str = "num") -> dict[str, Any]:
-    return {"text": text, "ci": ci, "sort": "" if report._missing(sort) else sort, "cls": cls}
+    return {"text": text, "ci": ci, "sort": "" if report.missing(sort) else sort, "cls": cls}
 
 
 def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:

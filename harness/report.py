@@ -57,12 +57,12 @@ def run_meta(run_dir: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ number formatting
 
 
-def _missing(value: Any) -> bool:
+def missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
 def _fmt(value: Any, spec: str) -> str:
-    return "–" if _missing(value) else format(value, spec)
+    return "–" if missing(value) else format(value, spec)
 
 
 def _ci(ci: tuple[float, float] | None, spec: str) -> str:
@@ -71,7 +71,7 @@ def _ci(ci: tuple[float, float] | None, spec: str) -> str:
 
 def num(value: Any, sig: int = 3) -> str:
     """A number rounded for reading: 3 significant digits, whole numbers above 100."""
-    if _missing(value):
+    if missing(value):
         return "–"
     a = abs(value)
     if a >= 10 ** (sig - 1) or a == 0:
@@ -81,7 +81,7 @@ def num(value: Any, sig: int = 3) -> str:
 
 def pct(value: Any) -> str:
     """An accuracy as a percentage with two decimals (0.9875 -> 98.75%)."""
-    return "–" if _missing(value) else f"{value * 100:.2f}%"
+    return "–" if missing(value) else f"{value * 100:.2f}%"
 
 
 def pct_target(value: float) -> str:
@@ -176,7 +176,7 @@ class Analysis:
 
 
 def _median(values) -> float | None:
-    v = [x for x in values if not _missing(x)]
+    v = [x for x in values if not missing(x)]
     return float(np.median(v)) if v else None
 
 
@@ -184,6 +184,10 @@ def one_line(error: Any, width: int = 200) -> str:
     lines = [x.strip() for x in str(error or "").strip().splitlines() if x.strip()]
     text = lines[-1] if lines and lines[-1] != lines[0] and ":" in lines[-1] else (lines[0] if lines else "")
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def and_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def backend_result(task: str, backend: str, rs: list[dict], summary: Any,
@@ -216,7 +220,7 @@ def backend_result(task: str, backend: str, rs: list[dict], summary: Any,
         b.step_p50 = _median((r.get("step_time_ms") or {}).get("p50") for r in ok)
     b.first_step_s = _median(r.get("first_step_s") for r in ok)
     starts = [r["import_s"] + r["setup_s"] + r["first_step_s"] for r in ok
-              if not any(_missing(r.get(k)) for k in ("import_s", "setup_s", "first_step_s"))]
+              if not any(missing(r.get(k)) for k in ("import_s", "setup_s", "first_step_s"))]
     b.start_s = _median(starts)
     b.peak_mib = _median(r.get("peak_rss_mib") for r in (main or ok))
     b.gflops = _median(r.get("achieved_gflops") for r in ok)
@@ -269,7 +273,7 @@ def verdict(t: TaskResult) -> list[str]:
         accs = [r for r in done if r.accuracy is not None]
         best = max((r.accuracy for r in accs), default=None)
         who = [r.backend for r in accs if pct(r.accuracy) == pct(best)]
-        by = "" if len(who) == len(accs) and len(accs) > 1 else ", " + " and ".join(who)
+        by = "" if len(who) == len(accs) and len(accs) > 1 else ", " + and_list(who)
         out.append(f"No backend reached the {tgt} target"
                    + (f" (best accuracy {pct(best)}{by})." if best is not None else "."))
     tp = sorted((r for r in done if r.throughput is not None), key=lambda r: -r.throughput)
@@ -296,8 +300,10 @@ def verdict(t: TaskResult) -> list[str]:
                        + (f" to {pct(hi.accuracy)}" if pct(hi.accuracy) != pct(lo.accuracy) else "")
                        + "): same initial weights, same batches.")
         else:
+            overlap = (hi.accuracy_ci and lo.accuracy_ci and hi.accuracy_ci[0] <= lo.accuracy_ci[1])
             out.append(f"Most accurate: {hi.backend}, {pct(hi.accuracy)} "
-                       f"(lowest: {lo.backend}, {pct(lo.accuracy)}).")
+                       f"(lowest: {lo.backend}, {pct(lo.accuracy)}"
+                       + ("; their intervals overlap)." if overlap else ")."))
     mem = sorted((r for r in done if r.peak_mib is not None), key=lambda r: r.peak_mib)
     if len(mem) > 1:
         out.append(f"Lowest peak memory: {mem[0].backend}, {num(mem[0].peak_mib)} MiB "
@@ -334,28 +340,29 @@ def count_loc(path: str | Path) -> int:
                if line.strip() and not line.strip().startswith("#") and i not in skip)
 
 
-def adapter_module(name: str, meta: dict[str, Any]) -> str | None:
-    """The adapter's module: from run.json if it says, else from the installed backends."""
-    info = (meta.get("backends") or {}).get(name) or {}
-    spec_ = info.get("adapter") or info.get("module")
-    if not spec_:
-        try:
-            from .adapter import discover
+def _installed_backends() -> dict[str, Any]:
+    try:
+        from .adapter import discover
 
-            found = discover().get(name)
-        except Exception:  # a broken plugin must not break the report
-            found = None
-        spec_ = found.adapter if found else None
-    return spec_.partition(":")[0] if spec_ else None
+        return discover()
+    except Exception:  # noqa: BLE001 -- a broken plugin must not break the report
+        return {}
 
 
 def adapter_sizes(backends: list[str], meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """backend -> module, source file and lines of code; the module is located, never imported."""
+    """backend -> adapter module, its source file and lines of code. The module is named by
+    run.json or else by the installed backend; it is located, never imported."""
     import importlib.util
 
+    installed = None
     out = {}
     for name in backends:
-        module = adapter_module(name, meta)
+        info = (meta.get("backends") or {}).get(name) or {}
+        target = info.get("adapter") or info.get("module")
+        if not target:
+            installed = _installed_backends() if installed is None else installed
+            target = getattr(installed.get(name), "adapter", None)
+        module = target.partition(":")[0] if target else None
         path = loc = None
         if module:
             try:
@@ -474,13 +481,16 @@ def meta_lines(meta: dict[str, Any]) -> list[tuple[str, str]]:
     cal = meta.get("calibration") or {}
     out = []
     if cfg:
-        out.append(("configuration", f"profile {cfg.get('profile')}, seeds {cfg.get('seeds')}, "
-                    f"repeats {cfg.get('repeats', 1)}, threads {cfg.get('threads')}, "
-                    f"timeout {num(cfg.get('timeout_s'))} s"))
+        seeds = ", ".join(map(str, cfg.get("seeds") or [])) or "?"
+        value = (f"profile {cfg.get('profile')}, seeds {seeds}, repeats {cfg.get('repeats', 1)}, "
+                 f"threads {cfg.get('threads')}, timeout {num(cfg.get('timeout_s'))} s")
+        out.append(("configuration", value))
     if env:
-        out.append(("machine", f"{env.get('cpu_model')}, {env.get('logical_cores')} logical / "
-                    f"{env.get('physical_cores')} physical cores (affinity {env.get('affinity')}), "
-                    f"{env.get('memory_gib')} GiB"))
+        affinity = ", ".join(map(str, env.get("affinity") or [])) or "?"
+        value = (f"{env.get('cpu_model')}, {env.get('logical_cores')} logical / "
+                 f"{env.get('physical_cores')} physical cores (affinity {affinity}), "
+                 f"{env.get('memory_gib')} GiB")
+        out.append(("machine", value))
         out.append(("system", f"{env.get('os')}, Python {env.get('python')}"))
         pk = env.get("packages") or {}
         out.append(("packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v)))
@@ -490,8 +500,8 @@ def meta_lines(meta: dict[str, Any]) -> list[tuple[str, str]]:
                                           f"({b.get('num_threads')} threads, {b.get('architecture')})"
                                           for b in blas)))
     if cal.get("gemm_peak_gflops"):
-        out.append(("GEMM peak", f"{num(cal['gemm_peak_gflops'])} GFLOP/s "
-                    f"(float32, {cal.get('threads')} threads)"))
+        value = f"{num(cal['gemm_peak_gflops'])} GFLOP/s (float32, {cal.get('threads')} threads)"
+        out.append(("GEMM peak", value))
     if meta.get("created"):
         out.append(("created", str(meta["created"])))
     return out
@@ -559,7 +569,8 @@ def task_rows(t: TaskResult) -> list[dict[str, str]]:
         elif r.to_target_s is not None:
             target = num(r.to_target_s) + (f" ({r.reached}/{r.seeds})" if r.reached < r.seeds else "")
         else:
-            target = "not reached" if t.target is not None else "–"
+            target = ("not reached" + (f" ({r.reached}/{r.seeds})" if r.reached else "")
+                      if t.target is not None else "–")
         out.append({
             "#": str(r.position or "–"),
             "backend": r.backend,
@@ -578,14 +589,17 @@ def task_rows(t: TaskResult) -> list[dict[str, str]]:
 
 
 def markdown_report(run_dir: str | Path) -> str:
+    from . import stats
+
     a = analyze(run_dir)
     parts = [f"# fwbench results: {a.name}", ""]
     parts += [f"- {label}: {value}" for label, value in meta_lines(a.meta)]
-    parts += ["", "Medians over the seeds that finished, with bootstrap 95% CIs in brackets where "
-              "several runs finished. Step time and throughput: steady-state steps pooled over "
-              "seeds and repeats (the first step, with its tracing or compilation, is `first step s`; "
-              "`start s` = import + setup + first step). Time to target: median over seeds of the "
-              "training time until the test accuracy first reached the task's target.", ""]
+    parts += ["", ("Medians over the seeds that finished, with bootstrap 95% CIs in brackets where "
+                   "several runs finished. Step time and throughput: steady-state steps pooled over "
+                   "seeds and repeats (the first step, with its tracing or compilation, is "
+                   "`first step s`; `start s` = import + setup + first step). Time to target: median "
+                   "over seeds of the training time until the test accuracy first reached the "
+                   "task's target; a seed that never reached it counts as never."), ""]
     if a.picks and a.tasks:
         parts += ["## Which framework for what", ""]
         rows = []
@@ -612,8 +626,8 @@ def markdown_report(run_dir: str | Path) -> str:
         parts += [markdown_table(task_rows(t))]
         parts += [f"- {v}" for v in t.verdict] + [""]
         if t.comparisons:
-            parts += ["Step time, every pair (two-sided Mann-Whitney U on the pooled steps, "
-                      "significant at p < 0.01):", ""]
+            parts += [("Step time, every pair (two-sided Mann-Whitney U on the pooled steps, "
+                       f"significant at p < {stats.ALPHA}):"), ""]
             parts += [f"- {c.sentence()}" for c in t.comparisons] + [""]
     if a.failed:
         parts += ["## Cells that did not finish", ""]
