@@ -1,0 +1,325 @@
+"""MindSpore adapter: ``nn.Cell`` built from the layer list, one compiled train step on CPU.
+
+Modes: GRAPH_MODE by default -- each top-level Cell (train step, loss+gradients, eval,
+logits) is compiled on its first call for an input shape and cached, so the train batch,
+the eval batch and a smaller last eval batch compile once each, never per step;
+PYNATIVE_MODE with ``options={"mode": "pynative"}`` runs the same Cells op by op.
+
+Layout notes: ``nn.Dense.weight`` is [out, in] (canonical kernel transposed); ``nn.Conv2d``
+weight is [out, in, kh, kw] and activations are NCHW, so conv kernels and the NCHW
+``nn.Flatten`` match the canonical layout as is. ``nn.Conv2d`` defaults to
+``pad_mode="same"`` and no bias, so it is built with ``pad_mode="valid", has_bias=True``.
+``nn.LSTM`` on CPU calls the fused ``ops.LSTM`` kernel, whose gate order is i, f, g, o
+(checked against ``reference.forward``: no permutation needed); it has two biases that it
+adds (``bias_ih + bias_hh``): the canonical bias goes into ``bias_ih``, ``bias_hh`` stays zero
+and frozen (``requires_grad=False``: not differentiated, not given to the optimizer).
+Initialisers do not matter: every parameter is overwritten with the canonical values.
+
+Optimizers (the spec's formulas, see ``spec.py``):
+- momentum SGD: ``nn.SGD(momentum=m)``: v = m*v + g (dampening 0; v = g on the first step,
+  the same as from v = 0); w -= lr*v. ``nn.Momentum`` computes the same but its 2.10
+  docstring marks it deprecated.
+- RMSprop: ``mindspore.experimental.optim.RMSprop``: s = a*s + (1-a)*g^2;
+  w -= lr*g/(sqrt(s) + eps), eps outside the sqrt as the spec says. (``nn.RMSProp`` puts eps
+  inside the sqrt.)
+- Adam: ``KingmaBaAdam`` below. ``nn.Adam`` and ``experimental.optim.Adam`` (both the fused
+  ``ops.Adam``) compute lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v) + eps), i.e. eps before bias
+  correction; ``mint.optim.Adam`` has the spec's formula but is Ascend-only (on CPU it
+  leaves the weights unchanged in PYNATIVE_MODE). Kingma & Ba's update equals the fused
+  kernel's with eps_hat = eps*sqrt(1-b2^t), so ``KingmaBaAdam`` calls ``ops.Adam`` with that
+  eps each step: the spec's formula in one fused kernel per tensor, dense (every row of the
+  embedding table is updated; no lazy/sparse Adam).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# MindSpore logs INFO/WARNING through glog to stderr; keep only errors unless the user chose
+# a level. Exceptions are Python exceptions and propagate regardless of this setting.
+os.environ.setdefault("GLOG_v", "3")
+
+import mindspore as ms  # noqa: E402
+import numpy as np  # noqa: E402
+from mindspore import Parameter, Tensor, nn, ops  # noqa: E402
+from mindspore.experimental import optim as ms_optim  # noqa: E402
+
+from fwbench.harness import spec  # noqa: E402
+from fwbench.harness.adapter import Adapter  # noqa: E402
+
+# ----------------------------------------------------------------------------- model
+
+
+class LastHidden(nn.Cell):
+    """Single-layer LSTM returning h_T."""
+
+    def __init__(self, n_in: int, units: int):
+        super().__init__()
+        self.lstm = nn.LSTM(n_in, units, batch_first=True)
+        self.lstm.b_hh_list[0].requires_grad = False
+
+    def construct(self, x):
+        _, (h, _) = self.lstm(x)  # h: [num_layers * directions, N, H]
+        return h[-1]
+
+
+def build_cell(task: spec.Task) -> nn.SequentialCell:
+    cells: list[nn.Cell] = []
+    shape = task.input_shape
+    for layer in task.layers:
+        if isinstance(layer, spec.Flatten):
+            cells.append(nn.Flatten())
+        elif isinstance(layer, spec.Dense):
+            cells.append(nn.Dense(shape[0], layer.units))
+        elif isinstance(layer, spec.Conv2D):
+            cells.append(nn.Conv2d(shape[0], layer.filters, layer.kernel,
+                                   pad_mode="valid", has_bias=True))
+        elif isinstance(layer, spec.MaxPool2D):
+            cells.append(nn.MaxPool2d(kernel_size=layer.pool, stride=layer.pool))
+        elif isinstance(layer, spec.ReLU):
+            cells.append(nn.ReLU())
+        elif isinstance(layer, spec.Dropout):
+            cells.append(nn.Dropout(p=layer.rate))
+        elif isinstance(layer, spec.Embedding):
+            cells.append(nn.Embedding(layer.vocab, layer.dim))
+        elif isinstance(layer, spec.LSTM):
+            cells.append(LastHidden(shape[-1], layer.units))
+        else:
+            raise TypeError(f"mindspore adapter: unsupported layer {layer!r}")
+        shape = spec.output_shape(layer, shape)
+    return nn.SequentialCell(cells)
+
+
+def canonical_to_mindspore(task: spec.Task, net: nn.SequentialCell) -> dict[str, tuple[Parameter, bool]]:
+    """canonical name -> (MindSpore Parameter, transpose?)"""
+    out: dict[str, tuple[Parameter, bool]] = {}
+    for i, layer in enumerate(task.layers):
+        cell = net[i]
+        if isinstance(layer, (spec.Dense, spec.Conv2D)):
+            out[f"{i}.kernel"] = (cell.weight, isinstance(layer, spec.Dense))
+            out[f"{i}.bias"] = (cell.bias, False)
+        elif isinstance(layer, spec.Embedding):
+            out[f"{i}.table"] = (cell.embedding_table, False)
+        elif isinstance(layer, spec.LSTM):
+            out[f"{i}.w_ih"] = (cell.lstm.w_ih_list[0], False)
+            out[f"{i}.w_hh"] = (cell.lstm.w_hh_list[0], False)
+            out[f"{i}.bias"] = (cell.lstm.b_ih_list[0], False)
+    return out
+
+
+# ------------------------------------------------------------------------- optimizer
+
+_kb_adam = ops.MultitypeFuncGraph("kb_adam")
+
+
+@_kb_adam.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                   "Tensor", "Tensor", "Tensor", "Tensor")
+def _kb_adam_update(adam, b1_power, b2_power, lr, b1, b2, eps_hat, grad, param, m, v):
+    return ops.depend(True, adam(param, m, v, b1_power, b2_power, lr, b1, b2, eps_hat, grad))
+
+
+class KingmaBaAdam(nn.Optimizer):
+    """Adam as in Kingma & Ba, Algorithm 1 (eps added after bias correction), dense.
+
+    The fused ``ops.Adam`` computes w -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v) + e). With
+    e = eps*sqrt(1-b2^t) that is exactly lr*(m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps), the
+    spec's update, so eps_hat is recomputed from t every step (Kingma & Ba, Sec. 2).
+    """
+
+    def __init__(self, params, lr: float, b1: float, b2: float, eps: float):
+        super().__init__(lr, params)
+        self.b1 = Tensor(b1, ms.float32)
+        self.b2 = Tensor(b2, ms.float32)
+        self.eps = float(eps)
+        self.moment1 = self._parameters.clone(prefix="adam_m", init="zeros")
+        self.moment2 = self._parameters.clone(prefix="adam_v", init="zeros")
+        self.b1_power = Parameter(Tensor(1.0, ms.float32), name="adam_b1_power", requires_grad=False)
+        self.b2_power = Parameter(Tensor(1.0, ms.float32), name="adam_b2_power", requires_grad=False)
+        self.adam = ops.Adam()
+
+    def construct(self, gradients):
+        b1_power = self.b1_power * self.b1  # b1^t
+        b2_power = self.b2_power * self.b2  # b2^t
+        ops.assign(self.b1_power, b1_power)
+        ops.assign(self.b2_power, b2_power)
+        eps_hat = self.eps * ops.sqrt(1.0 - b2_power)
+        lr = self.get_lr()
+        return self.hyper_map(
+            ops.partial(_kb_adam, self.adam, b1_power, b2_power, lr, self.b1, self.b2, eps_hat),
+            gradients, self._parameters, self.moment1, self.moment2)
+
+
+def make_optimizer(opt: spec.Optimizer, params: list[Parameter]) -> nn.Cell:
+    if isinstance(opt, spec.SGDMomentum):  # v = m v + g; w -= lr v (dampening 0, no nesterov)
+        return nn.SGD(params, learning_rate=opt.lr, momentum=opt.momentum)
+    if isinstance(opt, spec.RMSprop):  # eps outside the sqrt (nn.RMSProp has it inside)
+        return ms_optim.RMSprop(params, lr=opt.lr, alpha=opt.rho, eps=opt.eps)
+    if isinstance(opt, spec.Adam):  # eps after bias correction (nn.Adam has it before)
+        return KingmaBaAdam(params, opt.lr, opt.b1, opt.b2, opt.eps)
+    raise TypeError(f"mindspore adapter: unsupported optimizer {opt!r}")
+
+
+# ----------------------------------------------------------------------- step cells
+
+
+class LossAndGrads(nn.Cell):
+    """(mean loss, gradients w.r.t. ``weights``) without an optimizer step."""
+
+    def __init__(self, net_with_loss: nn.Cell, weights):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+        self.weights = weights
+        self.grad = ops.GradOperation(get_by_list=True)
+
+    def construct(self, x, y):
+        loss = self.net_with_loss(x, y)
+        grads = self.grad(self.net_with_loss, self.weights)(x, y)
+        return loss, grads
+
+
+class EvalStep(nn.Cell):
+    """(sum of per-example losses, number correct) for one batch."""
+
+    def __init__(self, net: nn.Cell):
+        super().__init__(auto_prefix=False)
+        self.net = net
+        self.loss = nn.CrossEntropyLoss(reduction="sum")
+
+    def construct(self, x, y):
+        logits = self.net(x)
+        correct = (ops.argmax(logits, 1).astype(y.dtype) == y).astype(ms.int32).sum()
+        return self.loss(logits, y), correct
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+# Thread counts applied in this process: MindSpore 2.10 has setters but no getters for them,
+# and each can be set only once per process (a second call raises RuntimeError).
+_APPLIED_THREADS: dict[str, int] = {}
+
+# Actor (dispatch) threads. MindSpore's runtime adds these to the CPU kernel pool and warns
+# when the sum exceeds the cores ("The total num of thread pool is 4, but the num of cpu core
+# is 2"); idle actor threads busy-wait. With `threads` of them next to `threads` kernel
+# threads on `threads` cores, steps were 1.5-2x slower at best and 5-40x slower whenever
+# another process wanted a core (measured on 2 cores: mlp 6.3 vs 3.8 ms, lstm 57 vs 38 ms
+# minimum; p50 under load 32 vs 6.6 ms and 1500 vs 36 ms). These models are chains of
+# dependent ops with no inter-op parallelism to exploit, so one actor thread is used and the
+# cell's thread budget goes to the kernel pool.
+_DISPATCH_THREADS = 1
+
+
+def _configure(mode: str, threads: int) -> None:
+    """Device, execution mode and thread pools (all process-wide in MindSpore)."""
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.PYNATIVE_MODE if mode == "pynative" else ms.GRAPH_MODE)
+    # The harness builds one adapter per worker process; a later adapter in the same process
+    # keeps the first one's thread settings (and thread_settings() reports those).
+    try:  # CPU kernel thread pool (intra-op); replaces set_context(runtime_num_threads=)
+        ms.device_context.cpu.op_tuning.threads_num(threads)
+        _APPLIED_THREADS["intra_op"] = threads
+    except RuntimeError:  # already set in this process
+        pass
+    try:  # actor/dispatch threads (inter-op); replaces set_context(inter_op_parallel_num=)
+        ms.runtime.dispatch_threads_num(_DISPATCH_THREADS)
+        _APPLIED_THREADS["inter_op"] = _DISPATCH_THREADS
+    except RuntimeError:
+        pass
+
+
+def _avoid_reference_conv(task: spec.Task) -> None:
+    """Cap oneDNN at AVX2 for models with convolutions (before the first oneDNN primitive).
+
+    MindSpore's CPU Conv2D hands oneDNN 3.10 (bundled) plain NCHW/OIHW memory. On an AVX-512
+    host oneDNN then picks "jit_uni_ncsp:conv+ref:any", a wrapper around its *reference*
+    convolution, for the forward and backward-data passes: LeNet-5 trains ~8x and evaluates
+    ~25x slower than with the AVX2 kernels, where oneDNN uses im2col + JIT sgemm
+    ("x64:gemm:jit"). ``nn.Conv2d`` has no NHWC mode on CPU. The cap costs the matmul-only
+    models some speed (AVX2 instead of AVX-512 sgemm), so it is applied only with Conv2D.
+    oneDNN reads the variable at its first primitive; a value set by the user wins.
+    """
+    if any(isinstance(layer, spec.Conv2D) for layer in task.layers):
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+
+class MindSporeAdapter(Adapter):
+    def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
+        super().__init__(task, threads, options)
+        self.mode = str(self.options.get("mode", "graph")).lower()
+        if self.mode not in ("graph", "pynative"):
+            raise ValueError(f"mindspore adapter: unknown mode {self.mode!r}")
+        _avoid_reference_conv(task)
+        _configure(self.mode, threads)
+        self._training: bool | None = None
+
+    @classmethod
+    def framework_version(cls) -> str:
+        return ms.__version__
+
+    def thread_settings(self) -> dict[str, Any]:
+        # What this process applied through device_context.cpu.op_tuning.threads_num (CPU kernel
+        # pool) and runtime.dispatch_threads_num (actor threads; see _DISPATCH_THREADS). There
+        # are no getters in 2.10; with GLOG_v=1 the runtime logs "The actor thread number: A,
+        # the kernel thread number: K" when its graph scheduler starts.
+        return {
+            "intra_op": _APPLIED_THREADS.get("intra_op"),
+            "inter_op": _APPLIED_THREADS.get("inter_op"),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+            "mode": "PYNATIVE_MODE" if ms.get_context("mode") == ms.PYNATIVE_MODE else "GRAPH_MODE",
+        }
+
+    def build(self, params: dict[str, np.ndarray]) -> None:
+        self.net = build_cell(self.task)
+        self.names = canonical_to_mindspore(self.task, self.net)
+        for name, (param, transpose) in self.names.items():
+            value = params[name].T if transpose else params[name]
+            param.set_data(Tensor(np.ascontiguousarray(value, dtype=np.float32)))
+        for cell in self.net.cells():
+            if isinstance(cell, LastHidden):
+                b_hh = cell.lstm.b_hh_list[0]
+                b_hh.set_data(Tensor(np.zeros(b_hh.shape, np.float32)))
+        trainable = self.net.trainable_params()
+        self.opt = make_optimizer(self.task.optimizer, trainable)
+        net_with_loss = nn.WithLossCell(self.net, nn.CrossEntropyLoss())
+        self.train_cell = nn.TrainOneStepCell(net_with_loss, self.opt)
+        self.grad_cell = LossAndGrads(net_with_loss, self.opt.parameters)
+        self.eval_cell = EvalStep(self.net)
+        self._training = None
+
+    def _set_train(self, mode: bool) -> None:
+        # Only Dropout depends on this; each top-level Cell's compiled graph is cached with
+        # the flag it had at compile time, so toggle it only when it changes.
+        if self._training is not mode:
+            self.net.set_train(mode)
+            self._training = mode
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> float:
+        self._set_train(True)
+        loss = self.train_cell(Tensor(x), Tensor(y))
+        return float(loss.asnumpy())
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self._set_train(False)
+        loss, correct = self.eval_cell(Tensor(x), Tensor(y))
+        return float(loss.asnumpy()), int(correct.asnumpy())
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        self._set_train(False)
+        return self.net(Tensor(x)).asnumpy()
+
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        self._set_train(False)  # same function as training for these layers; no dropout noise
+        loss, grads = self.grad_cell(Tensor(x), Tensor(y))
+        by_param = {p.name: g for p, g in zip(self.opt.parameters, grads)}
+        return float(loss.asnumpy()), self._export({n: by_param[p.name] for n, (p, _) in self.names.items()})
+
+    def export_params(self) -> dict[str, np.ndarray]:
+        return self._export({n: p for n, (p, _) in self.names.items()})
+
+    def _export(self, tensors: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = {}
+        for name, (_, transpose) in self.names.items():
+            v = tensors[name].asnumpy()
+            out[name] = np.array(v.T if transpose else v, dtype=np.float32, order="C", copy=True)
+        return out
