@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from . import data, environment, spec
 from .adapter import Backend
@@ -329,6 +329,3 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         on_event(CellEvent(cell, "end", record=record))
     return records
 
-
-def iter_records(run_dir: Path) -> Iterator[dict[str, Any]]:
-    yield from read_records(run_dir / RESULTS)

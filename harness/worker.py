@@ -20,8 +20,6 @@ import time
 import traceback
 from typing import Any
 
-PROCESS_START = time.time()
-
 
 def _emit(stream, event: str, **fields: Any) -> None:
     stream.write(json.dumps({"event": event, **fields}) + "\n")
@@ -47,6 +45,7 @@ class MemorySampler:
         self.proc = psutil.Process()
         self.interval = interval
         self.peak = 0
+        self.t0 = self.proc.create_time()  # timeline in seconds since the process started
         self.timeline: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -58,7 +57,7 @@ class MemorySampler:
             self.peak = max(self.peak, rss)
             now = time.time()
             if now - last_t >= 0.25:  # a downsampled timeline for plots
-                self.timeline.append((round(now - PROCESS_START, 3), rss))
+                self.timeline.append((round(now - self.t0, 3), rss))
                 last_t = now
             self._stop.wait(self.interval)
 
