@@ -16,11 +16,6 @@ Layout notes (conversions live in ``_param_map``, used by the loader and the exp
 - ``nnx.Embed.embedding`` is [vocab, dim]; its gradient is dense (a scatter-add into a
   zero table), so Adam is dense Adam, like torch.
 
-Optimizers are optax's built-ins, which compute the spec's formulas exactly:
-``optax.sgd(lr, momentum)`` (trace: v = g + m v; w -= lr v), ``optax.rmsprop(...,
-eps_in_sqrt=False)`` (eps outside the sqrt; optax's default puts it inside) and
-``optax.adam`` (eps after bias correction, eps_root = 0).
-
 The training step follows the Flax performance guide: ``nnx.jit`` traverses the object
 graph in Python on every call, which is a large share of a small CPU step, so the default
 step is the guide's "functional training loop": ``nnx.split`` the model and optimizer once,
@@ -28,15 +23,14 @@ step is the guide's "functional training loop": ``nnx.split`` the model and opti
 buffers). ``options={"step": "cached"}`` uses ``nnx.cached_partial`` over an ``nnx.jit``
 step and ``{"step": "jit"}`` a plain ``nnx.jit`` step, for comparison.
 
-Threads: the XLA CPU client sizes its thread pools (the Eigen intra-op pool and the client's
-task pool) from the ``PJRT_NPROC`` environment variable, else from the CPU affinity mask,
-when the backend is first initialised -- which is lazy, so the constructor can still set it
-after ``import jax``. XLA has no separate inter-op knob on CPU.
+Optimizers (optax's built-ins, which compute the spec's formulas exactly), the XLA CPU client
+and its thread pool, and the thread settings reported are shared with the JAX adapter: see
+``jax_common``.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -44,16 +38,11 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 import flax
-import optax
 from flax import nnx
 
+from fwbench.backends import jax_common
 from fwbench.harness import spec
 from fwbench.harness.adapter import Adapter
-
-try:  # private, but the only way to know whether PJRT_NPROC can still take effect
-    from jax._src.xla_bridge import backends_are_initialized as _backends_initialised
-except ImportError:  # pragma: no cover
-    _backends_initialised = None
 
 
 class LastHidden(nnx.Module):
@@ -74,36 +63,31 @@ def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+def _max_pool(layer: spec.MaxPool2D, shape: spec.Shape, rngs: nnx.Rngs) -> Callable[[jax.Array], jax.Array]:
+    p = layer.pool
+    return lambda x: nnx.max_pool(x, (p, p), strides=(p, p))
+
+
+# (layer, canonical input shape, rngs) -> the layer's module or function (NHWC images)
+MODULES = spec.LayerRules("flax adapter: modules", {
+    spec.Flatten: lambda layer, shape, rngs: _flatten,
+    spec.Dense: lambda layer, shape, rngs: nnx.Linear(shape[0], layer.units, rngs=rngs),
+    spec.Conv2D: lambda layer, shape, rngs: nnx.Conv(shape[0], layer.filters, (layer.kernel, layer.kernel),
+                                                     padding="VALID", rngs=rngs),
+    spec.MaxPool2D: _max_pool,
+    spec.ReLU: lambda layer, shape, rngs: nnx.relu,
+    spec.Dropout: lambda layer, shape, rngs: nnx.Dropout(layer.rate),  # keys: Net.dropout_rngs
+    spec.Embedding: lambda layer, shape, rngs: nnx.Embed(layer.vocab, layer.dim, rngs=rngs),
+    spec.LSTM: lambda layer, shape, rngs: LastHidden(shape[-1], layer.units, rngs=rngs),
+})
+
+
 class Net(nnx.Module):
     """The task's layer list; image inputs arrive NCHW and run NHWC."""
 
     def __init__(self, task: spec.Task, *, rngs: nnx.Rngs):
         self.channels_last = len(task.input_shape) == 3
-        layers: list[Any] = []
-        shape = task.input_shape
-        for layer in task.layers:
-            if isinstance(layer, spec.Flatten):
-                layers.append(_flatten)
-            elif isinstance(layer, spec.Dense):
-                layers.append(nnx.Linear(shape[0], layer.units, rngs=rngs))
-            elif isinstance(layer, spec.Conv2D):
-                layers.append(nnx.Conv(shape[0], layer.filters, (layer.kernel, layer.kernel),
-                                       padding="VALID", rngs=rngs))
-            elif isinstance(layer, spec.MaxPool2D):
-                p = layer.pool
-                layers.append(lambda x, p=p: nnx.max_pool(x, (p, p), strides=(p, p)))
-            elif isinstance(layer, spec.ReLU):
-                layers.append(nnx.relu)
-            elif isinstance(layer, spec.Dropout):  # keys come from self.dropout_rngs
-                layers.append(nnx.Dropout(layer.rate))
-            elif isinstance(layer, spec.Embedding):
-                layers.append(nnx.Embed(layer.vocab, layer.dim, rngs=rngs))
-            elif isinstance(layer, spec.LSTM):
-                layers.append(LastHidden(shape[-1], layer.units, rngs=rngs))
-            else:
-                raise TypeError(f"flax adapter: unsupported layer {layer!r}")
-            shape = spec.output_shape(layer, shape)
-        self.layers = nnx.List(layers)
+        self.layers = nnx.List([MODULES(layer, shape, rngs) for _, layer, shape in spec.layer_inputs(task)])
         self.dropout_rngs = nnx.data(None)  # an nnx.Rngs, set by the adapter if needed
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -117,59 +101,64 @@ class Net(nnx.Module):
         return x
 
 
-Convert = Callable[[np.ndarray], np.ndarray]
+Convert = spec.Convert
+Path = tuple[Any, ...]
 
 
-def _param_map(task: spec.Task) -> dict[str, tuple[tuple[Any, ...], Convert, Convert]]:
+@dataclass
+class _Rows:
+    """Row conversions of the next Dense kernel, set by a Flatten of NHWC images."""
+
+    pending: tuple[Convert, Convert] | None = None
+
+
+def _flatten_params(layer: spec.Flatten, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    rows.pending = spec.nhwc_flatten_rows(shape) if len(shape) == 3 else None
+    return {}
+
+
+def _dense_params(layer: spec.Dense, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    to_k, from_k = rows.pending or (spec.identity, spec.identity)
+    rows.pending = None
+    return {f"{i}.kernel": (("layers", i, "kernel"), to_k, from_k),
+            f"{i}.bias": (("layers", i, "bias"), spec.identity, spec.identity)}
+
+
+def _conv_params(layer: spec.Conv2D, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    return {f"{i}.kernel": (("layers", i, "kernel"), spec.oihw_to_hwio, spec.hwio_to_oihw),
+            f"{i}.bias": (("layers", i, "bias"), spec.identity, spec.identity)}
+
+
+def _lstm_params(layer: spec.LSTM, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    cell = ("layers", i, "rnn", "cell")
+    return {f"{i}.w_ih": (cell + ("dense_i", "kernel"), spec.transpose, spec.transpose),
+            f"{i}.w_hh": (cell + ("dense_h", "kernel"), spec.transpose, spec.transpose),
+            f"{i}.bias": (cell + ("dense_h", "bias"), spec.identity, spec.identity)}
+
+
+# (layer, index, canonical input shape, pending rows) -> {canonical name: (path, to, from)}
+PARAMS = spec.LayerRules("flax adapter: parameters", {
+    spec.Flatten: _flatten_params,
+    spec.Dense: _dense_params,
+    spec.Conv2D: _conv_params,
+    spec.MaxPool2D: spec.no_params,
+    spec.ReLU: spec.no_params,
+    spec.Dropout: spec.no_params,
+    spec.Embedding: lambda layer, i, shape, rows: {
+        f"{i}.table": (("layers", i, "embedding"), spec.identity, spec.identity)},
+    spec.LSTM: _lstm_params,
+})
+
+
+def _param_map(task: spec.Task) -> dict[str, tuple[Path, Convert, Convert]]:
     """canonical name -> (path in the model's Param state, to_flax, from_flax)."""
-    ident: Convert = lambda a: a  # noqa: E731
-    transpose: Convert = lambda a: a.T  # noqa: E731
-    out: dict[str, tuple[tuple[Any, ...], Convert, Convert]] = {}
-    shape = task.input_shape
-    flat_from: tuple[int, ...] | None = None  # (C, H, W) of the last Flatten's input
-    for i, layer in enumerate(task.layers):
-        base = ("layers", i)
-        if isinstance(layer, spec.Flatten):
-            flat_from = shape if len(shape) == 3 else None
-        elif isinstance(layer, spec.Dense):
-            to_k, from_k = ident, ident
-            if flat_from is not None:  # rows in C,H,W order <-> rows in H,W,C order
-                c, h, w = flat_from
-                to_k = lambda a, c=c, h=h, w=w: (  # noqa: E731
-                    a.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(c * h * w, -1))
-                from_k = lambda a, c=c, h=h, w=w: (  # noqa: E731
-                    a.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1))
-                flat_from = None
-            out[f"{i}.kernel"] = (base + ("kernel",), to_k, from_k)
-            out[f"{i}.bias"] = (base + ("bias",), ident, ident)
-        elif isinstance(layer, spec.Conv2D):  # [out, in, kh, kw] <-> [kh, kw, in, out]
-            out[f"{i}.kernel"] = (base + ("kernel",), lambda a: a.transpose(2, 3, 1, 0),
-                                  lambda a: a.transpose(3, 2, 0, 1))
-            out[f"{i}.bias"] = (base + ("bias",), ident, ident)
-        elif isinstance(layer, spec.Embedding):
-            out[f"{i}.table"] = (base + ("embedding",), ident, ident)
-        elif isinstance(layer, spec.LSTM):
-            cell = base + ("rnn", "cell")
-            out[f"{i}.w_ih"] = (cell + ("dense_i", "kernel"), transpose, transpose)
-            out[f"{i}.w_hh"] = (cell + ("dense_h", "kernel"), transpose, transpose)
-            out[f"{i}.bias"] = (cell + ("dense_h", "bias"), ident, ident)
-        shape = spec.output_shape(layer, shape)
-    return out
-
-
-def _optimizer(opt: spec.Optimizer) -> optax.GradientTransformation:
-    if isinstance(opt, spec.SGDMomentum):  # v = g + m v; w -= lr v
-        return optax.sgd(opt.lr, momentum=opt.momentum)
-    if isinstance(opt, spec.RMSprop):  # eps outside the sqrt, as the spec says
-        return optax.rmsprop(opt.lr, decay=opt.rho, eps=opt.eps, eps_in_sqrt=False)
-    if isinstance(opt, spec.Adam):  # Kingma & Ba, eps after bias correction
-        return optax.adam(opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
-    raise TypeError(f"flax adapter: unsupported optimizer {opt!r}")
+    rows = _Rows()
+    return {name: v for i, layer, shape in spec.layer_inputs(task)
+            for name, v in PARAMS(layer, i, shape, rows).items()}
 
 
 def _loss(model: Net, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
-    logits = model(x, train=train)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return jax_common.mean_loss(model(x, train=train), y)
 
 
 @nnx.jit(static_argnames="train")
@@ -186,9 +175,7 @@ def _value_and_grad(model: Net, x, y):
 
 @nnx.jit
 def _evaluate(model: Net, x, y):
-    logits = model(x, train=False)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-    return loss, (jnp.argmax(logits, axis=1) == y).sum()
+    return jax_common.eval_sums(model(x, train=False), y)
 
 
 @nnx.jit
@@ -207,10 +194,7 @@ class FlaxAdapter(Adapter):
         self.step_mode = self.options.get("step", "functional")
         if self.step_mode not in ("functional", "cached", "jit"):
             raise ValueError(f"flax adapter: unknown step mode {self.step_mode!r}")
-        # PJRT_NPROC sizes XLA's CPU thread pools when the backend is first created.
-        self.threads_applied = _backends_initialised is not None and not _backends_initialised()
-        if self.threads_applied:
-            os.environ["PJRT_NPROC"] = str(threads)
+        jax_common.init_cpu_client(threads)
         self.names = _param_map(task)
 
     @classmethod
@@ -222,23 +206,14 @@ class FlaxAdapter(Adapter):
         # draws from nnx.Rngs seeded from options["seed"].
         return {"xla_cpu": "deterministic, no switch", "rngs_seed": int(self.options.get("seed", 0))}
 
+    def flush_denormals(self) -> str:
+        return jax_common.FLUSH_DEFAULT
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return jax_common.denormal_product(a, b)
+
     def thread_settings(self) -> dict[str, Any]:
-        # XLA exposes no API for its pool sizes; report the knobs it reads and what it sees.
-        try:
-            with open("/proc/self/status") as f:
-                os_threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
-        except (OSError, StopIteration):
-            os_threads = None
-        affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return {
-            "PJRT_NPROC": os.environ.get("PJRT_NPROC"),
-            "set_before_backend_init": self.threads_applied,
-            "affinity_cpus": affinity,
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "devices": [str(d) for d in jax.devices()],
-            "process_threads": os_threads,
-            "step": self.step_mode,
-        }
+        return jax_common.thread_settings(step=self.step_mode)
 
     # ------------------------------------------------------------------ building
 
@@ -260,7 +235,7 @@ class FlaxAdapter(Adapter):
                     if not isinstance(v.value, jax.Array)]
         if abstract:
             raise RuntimeError(f"flax adapter: variables left uninitialised: {abstract}")
-        self.optimizer = nnx.Optimizer(self.model, _optimizer(self.task.optimizer), wrt=nnx.Param)
+        self.optimizer = nnx.Optimizer(self.model, jax_common.make_optimizer(self.task.optimizer), wrt=nnx.Param)
         self._stale = False  # functional mode: is self.state newer than the model objects?
 
         if self.step_mode == "functional":

@@ -7,25 +7,12 @@ permutations. The train step (forward, ``jax.value_and_grad``, ``optax`` update)
 ``jax.jit`` function that donates the parameter and optimizer-state buffers; it returns the
 loss as a device scalar and ``train_step`` converts it to a host float, the one sync per step.
 
-Optimizers (all built-in optax, checked against optax 0.2.8's source):
-- ``optax.sgd(lr, momentum)`` = ``trace`` (v = g + m v, nesterov off) then scale by -lr.
-- ``optax.rmsprop(lr, decay=rho, eps=eps, eps_in_sqrt=False)``: g / (sqrt(s) + eps); optax's
-  default ``eps_in_sqrt=True`` would put eps inside the sqrt, which is not the spec's formula.
-- ``optax.adam(lr, b1, b2, eps)`` (eps_root 0): Kingma & Ba, eps after bias correction.
-
-Threads: XLA:CPU has no runtime thread setter and no separate inter-op pool (independent
-ops of one executable run concurrently on the same intra-op pool). That pool is sized when
-the CPU client is created -- lazily, at the first use of a device, not at ``import jax`` --
-from the env var ``PJRT_NPROC`` (then ``NPROC``), else the number of CPUs in the process's
-affinity mask. The first adapter of a process therefore sets ``PJRT_NPROC = threads`` and
-creates the client at once (measured on jax 0.7.1: 1 -> one busy worker thread, 4 -> four).
-``XLA_FLAGS`` ``--xla_cpu_multi_thread_eigen=false`` and ``intra_op_parallelism_threads=N``
-were measured to change nothing on jax 0.7.1's CPU runtime, so they are not used.
+Optimizers, the XLA CPU client and its thread pool, and the thread settings reported are
+shared with the Flax adapter: see ``jax_common``.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -34,35 +21,48 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fwbench.backends import jax_common
 from fwbench.harness import spec
 from fwbench.harness.adapter import Adapter
 
 _CONV_DIMS = ("NCHW", "OIHW", "NCHW")
 
 
-# Intra-op pool size of this process's XLA CPU client, fixed when the client is created.
-_POOL_THREADS: int | None = None
-_POOL_SOURCE = ""
+def _conv(layer: spec.Conv2D, i: int, params: dict[str, jax.Array], a: jax.Array, key):
+    out = jax.lax.conv_general_dilated(a, params[f"{i}.kernel"], window_strides=(1, 1),
+                                       padding="VALID", dimension_numbers=_CONV_DIMS)
+    return out + params[f"{i}.bias"][None, :, None, None], key
 
 
-def _init_cpu_client(threads: int) -> None:
-    """Create the XLA CPU client with a ``threads``-sized pool (once per process)."""
-    global _POOL_THREADS, _POOL_SOURCE
-    if _POOL_THREADS is not None:
-        return
-    from jax._src import xla_bridge
+def _max_pool(layer: spec.MaxPool2D, i: int, params: dict[str, jax.Array], a: jax.Array, key):
+    p = layer.pool
+    return jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 1, p, p), (1, 1, p, p), "VALID"), key
 
-    if not xla_bridge.backends_are_initialized():
-        os.environ["PJRT_NPROC"] = str(threads)
-        _POOL_THREADS, _POOL_SOURCE = threads, "PJRT_NPROC set by the adapter"
-    else:  # someone used a device first: report what was in force, it can no longer change
-        env = os.environ.get("PJRT_NPROC") or os.environ.get("NPROC")
-        if env:
-            _POOL_THREADS, _POOL_SOURCE = int(env), "PJRT_NPROC/NPROC (client created before the adapter)"
-        else:
-            _POOL_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            _POOL_SOURCE = "CPU affinity (client created before the adapter)"
-    jax.devices()  # create the client now, with the pool size above
+
+def _dropout(layer: spec.Dropout, i: int, params: dict[str, jax.Array], a: jax.Array, key):
+    if key is None or layer.rate <= 0.0:  # evaluation mode (no key): the identity
+        return a, key
+    key, sub = jax.random.split(key)
+    keep = jax.random.bernoulli(sub, 1.0 - layer.rate, a.shape)
+    return jnp.where(keep, a / (1.0 - layer.rate), 0.0), key
+
+
+def _lstm(layer: spec.LSTM, i: int, params: dict[str, jax.Array], a: jax.Array, key):
+    return _lstm_last(a, params[f"{i}.w_ih"], params[f"{i}.w_hh"], params[f"{i}.bias"]), key
+
+
+# (layer, index, params, activations, dropout key or None) -> (activations, key)
+FORWARD = spec.LayerRules("jax adapter: forward", {
+    spec.Flatten: lambda layer, i, p, a, key: (a.reshape(a.shape[0], -1), key),  # NCHW row-major = C, H, W
+    spec.Dense: lambda layer, i, p, a, key: (a @ p[f"{i}.kernel"] + p[f"{i}.bias"], key),
+    spec.Conv2D: _conv,
+    spec.MaxPool2D: _max_pool,
+    spec.ReLU: lambda layer, i, p, a, key: (jax.nn.relu(a), key),
+    spec.Dropout: _dropout,
+    # dense gather; its gradient is a dense scatter-add
+    spec.Embedding: lambda layer, i, p, a, key: (p[f"{i}.table"][a], key),
+    spec.LSTM: _lstm,
+})
 
 
 def build_forward(task: spec.Task):
@@ -72,31 +72,7 @@ def build_forward(task: spec.Task):
     def forward(params: dict[str, jax.Array], x: jax.Array, key: jax.Array | None) -> jax.Array:
         a = x
         for i, layer in enumerate(layers):
-            if isinstance(layer, spec.Flatten):
-                a = a.reshape(a.shape[0], -1)  # NCHW row-major = canonical C, H, W order
-            elif isinstance(layer, spec.Dense):
-                a = a @ params[f"{i}.kernel"] + params[f"{i}.bias"]
-            elif isinstance(layer, spec.Conv2D):
-                a = jax.lax.conv_general_dilated(
-                    a, params[f"{i}.kernel"], window_strides=(1, 1), padding="VALID",
-                    dimension_numbers=_CONV_DIMS,
-                ) + params[f"{i}.bias"][None, :, None, None]
-            elif isinstance(layer, spec.MaxPool2D):
-                p = layer.pool
-                a = jax.lax.reduce_window(a, -jnp.inf, jax.lax.max, (1, 1, p, p), (1, 1, p, p), "VALID")
-            elif isinstance(layer, spec.ReLU):
-                a = jax.nn.relu(a)
-            elif isinstance(layer, spec.Dropout):
-                if key is not None and layer.rate > 0.0:
-                    key, sub = jax.random.split(key)
-                    keep = jax.random.bernoulli(sub, 1.0 - layer.rate, a.shape)
-                    a = jnp.where(keep, a / (1.0 - layer.rate), 0.0)
-            elif isinstance(layer, spec.Embedding):
-                a = params[f"{i}.table"][a]  # dense gather; its gradient is a dense scatter-add
-            elif isinstance(layer, spec.LSTM):
-                a = _lstm_last(a, params[f"{i}.w_ih"], params[f"{i}.w_hh"], params[f"{i}.bias"])
-            else:
-                raise TypeError(f"jax adapter: unsupported layer {layer!r}")
+            a, key = FORWARD(layer, i, params, a, key)
         return a
 
     return forward
@@ -132,31 +108,20 @@ def _lstm_last(x: jax.Array, w_ih: jax.Array, w_hh: jax.Array, bias: jax.Array) 
     return h
 
 
-def make_optimizer(opt: spec.Optimizer) -> optax.GradientTransformation:
-    if isinstance(opt, spec.SGDMomentum):  # trace: v = g + m v; then w -= lr v
-        return optax.sgd(opt.lr, momentum=opt.momentum, nesterov=False)
-    if isinstance(opt, spec.RMSprop):  # eps outside the sqrt (optax's default puts it inside)
-        return optax.rmsprop(opt.lr, decay=opt.rho, eps=opt.eps, eps_in_sqrt=False)
-    if isinstance(opt, spec.Adam):  # Kingma & Ba, eps after bias correction, eps_root = 0
-        return optax.adam(opt.lr, b1=opt.b1, b2=opt.b2, eps=opt.eps)
-    raise TypeError(f"jax adapter: unsupported optimizer {opt!r}")
-
-
 class JaxAdapter(Adapter):
     def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
         super().__init__(task, threads, options)
-        _init_cpu_client(threads)
+        jax_common.init_cpu_client(threads)
         self.seed = int(self.options.get("seed", 0))  # dropout keys (deterministic per seed)
         self._has_dropout = any(isinstance(layer, spec.Dropout) and layer.rate > 0 for layer in task.layers)
         self.names = [p.name for p in spec.param_specs(task)]
 
         forward = build_forward(task)
-        self.tx = make_optimizer(task.optimizer)
+        self.tx = jax_common.make_optimizer(task.optimizer)
         tx = self.tx
 
         def loss_fn(params, x, y, key):
-            logits = forward(params, x, key)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return jax_common.mean_loss(forward(params, x, key), y)
 
         def step(params, opt_state, key, x, y):
             if key is not None:
@@ -168,9 +133,7 @@ class JaxAdapter(Adapter):
             return optax.apply_updates(params, updates), opt_state, key, loss
 
         def evaluate(params, x, y):
-            logits = forward(params, x, None)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).sum()
-            return loss, (jnp.argmax(logits, axis=1) == y).sum()
+            return jax_common.eval_sums(forward(params, x, None), y)
 
         self._step = jax.jit(step, donate_argnums=(0, 1, 2))
         self._eval = jax.jit(evaluate)
@@ -187,17 +150,14 @@ class JaxAdapter(Adapter):
         # (dropout) comes only from keys derived from the seed.
         return {"xla_cpu": "deterministic, no switch", "dropout_key_seed": self.seed}
 
+    def flush_denormals(self) -> str:
+        return jax_common.FLUSH_DEFAULT
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return jax_common.denormal_product(a, b)
+
     def thread_settings(self) -> dict[str, Any]:
-        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        return {
-            "intra_op": _POOL_THREADS,  # XLA:CPU's one pool; there is no inter-op setting
-            "source": _POOL_SOURCE,
-            "PJRT_NPROC": os.environ.get("PJRT_NPROC"),
-            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
-            "affinity": cpus,
-            "backend": jax.default_backend(),
-            "device_count": jax.device_count(),
-        }
+        return jax_common.thread_settings()
 
     def build(self, params: dict[str, np.ndarray]) -> None:
         # Fresh host copies, so a zero-copy device_put can never alias (and a donated step

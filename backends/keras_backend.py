@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,6 +56,29 @@ from fwbench.harness import spec
 from fwbench.harness.adapter import Adapter
 
 
+def _rmsprop_update(o: spec.RMSprop, opt: keras.optimizers.Optimizer, slots, g, variable, lr) -> None:
+    (s,) = slots
+    opt.assign(s, o.rho * s + (1.0 - o.rho) * ops.square(g))
+    opt.assign_sub(variable, lr * g / (ops.sqrt(s) + o.eps))
+
+
+def _adam_update(o: spec.Adam, opt: keras.optimizers.Optimizer, slots, g, variable, lr) -> None:
+    m, v = slots
+    t = ops.cast(opt.iterations + 1, variable.dtype)
+    opt.assign(m, o.b1 * m + (1.0 - o.b1) * g)
+    opt.assign(v, o.b2 * v + (1.0 - o.b2) * ops.square(g))
+    m_hat = m / (1.0 - ops.power(o.b1, t))
+    v_hat = v / (1.0 - ops.power(o.b2, t))
+    opt.assign_sub(variable, lr * m_hat / (ops.sqrt(v_hat) + o.eps))
+
+
+# (slot variable names, update) of the formulas SpecOptimizer writes out.
+SPEC_FORMULAS = spec.OptimizerRules("keras adapter: SpecOptimizer", {
+    spec.RMSprop: (("s",), _rmsprop_update),
+    spec.Adam: (("m", "v"), _adam_update),
+}, unsupported=(spec.SGDMomentum,))  # Keras' own SGD computes the spec's formula
+
+
 class SpecOptimizer(keras.optimizers.Optimizer):
     """The spec's RMSprop (eps outside the sqrt) and Adam (eps after bias correction).
 
@@ -63,6 +87,7 @@ class SpecOptimizer(keras.optimizers.Optimizer):
     """
 
     def __init__(self, opt: spec.RMSprop | spec.Adam):
+        SPEC_FORMULAS[opt]  # UnsupportedOptimizer now rather than at the first step
         super().__init__(learning_rate=opt.lr, name=type(opt).__name__.lower())
         self.spec = opt
 
@@ -70,105 +95,108 @@ class SpecOptimizer(keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        names = ["s"] if isinstance(self.spec, spec.RMSprop) else ["m", "v"]
-        self.slots = list(self.add_optimizer_variables(variables, names))  # one list per name
+        names, _ = SPEC_FORMULAS[self.spec]
+        self.slots = list(self.add_optimizer_variables(variables, list(names)))  # one list per name
 
     def update_step(self, gradient, variable, learning_rate):
-        o, i = self.spec, self._get_variable_index(variable)
+        i = self._get_variable_index(variable)
         g = tf.convert_to_tensor(gradient)  # IndexedSlices (embedding) -> dense
         lr = ops.cast(learning_rate, variable.dtype)
-        if isinstance(o, spec.RMSprop):
-            s = self.slots[0][i]
-            self.assign(s, o.rho * s + (1.0 - o.rho) * ops.square(g))
-            self.assign_sub(variable, lr * g / (ops.sqrt(s) + o.eps))
-        else:
-            m, v = self.slots[0][i], self.slots[1][i]
-            t = ops.cast(self.iterations + 1, variable.dtype)
-            self.assign(m, o.b1 * m + (1.0 - o.b1) * g)
-            self.assign(v, o.b2 * v + (1.0 - o.b2) * ops.square(g))
-            m_hat = m / (1.0 - ops.power(o.b1, t))
-            v_hat = v / (1.0 - ops.power(o.b2, t))
-            self.assign_sub(variable, lr * m_hat / (ops.sqrt(v_hat) + o.eps))
+        _, update = SPEC_FORMULAS[self.spec]
+        update(self.spec, self, [slot[i] for slot in self.slots], g, variable, lr)
+
+
+OPTIMIZERS = spec.OptimizerRules("keras adapter: optimizers", {
+    spec.SGDMomentum: lambda opt: keras.optimizers.SGD(learning_rate=opt.lr, momentum=opt.momentum),
+    spec.RMSprop: SpecOptimizer,
+    spec.Adam: SpecOptimizer,
+})
 
 
 def make_optimizer(opt: spec.Optimizer) -> keras.optimizers.Optimizer:
-    if isinstance(opt, spec.SGDMomentum):
-        return keras.optimizers.SGD(learning_rate=opt.lr, momentum=opt.momentum)
-    if isinstance(opt, (spec.RMSprop, spec.Adam)):
-        return SpecOptimizer(opt)
-    raise TypeError(f"keras adapter: unsupported optimizer {opt!r}")
+    return OPTIMIZERS(opt)
 
 
-def _flatten_perm(c: int, h: int, w: int) -> np.ndarray:
-    """perm[p] = canonical (C,H,W) index of the NHWC-flattened position p."""
-    return np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+@dataclass
+class _Builder:
+    """State of one ``build_model`` walk over the layer list."""
+
+    mods: list = field(default_factory=list)  # the Keras layers, in order
+    # per layer with parameters: canonical name -> (variable, to_keras, to_canonical), read
+    # once the model is built (Keras creates the variables then)
+    params: list[Callable[[], dict[str, tuple[Any, spec.Convert, spec.Convert]]]] = field(default_factory=list)
+    nhwc: bool = False  # are the activations channels_last images?
+    rows: tuple[spec.Convert, spec.Convert] | None = None  # row permutation for the next Dense
+
+    def add(self, lay: layers.Layer, params: Callable[[layers.Layer], dict] | None = None) -> None:
+        self.mods.append(lay)
+        if params is not None:
+            self.params.append(lambda: params(lay))
+
+
+def _to_nhwc(b: _Builder) -> None:
+    """Insert a Permute NCHW -> NHWC unless the activations are channels-last already."""
+    if not b.nhwc:
+        b.mods.append(layers.Permute((2, 3, 1)))
+        b.nhwc = True
+
+
+def _flatten(layer: spec.Flatten, i: int, shape: spec.Shape, b: _Builder) -> None:
+    if b.nhwc:
+        b.rows = spec.nhwc_flatten_rows(shape)
+    b.nhwc = False
+    b.add(layers.Flatten())
+
+
+def _dense(layer: spec.Dense, i: int, shape: spec.Shape, b: _Builder) -> None:
+    to_k, from_k = b.rows or (spec.identity, spec.identity)
+    b.rows = None
+    b.add(layers.Dense(layer.units), lambda lay: {
+        f"{i}.kernel": (lay.kernel, to_k, from_k),
+        f"{i}.bias": (lay.bias, spec.identity, spec.identity)})
+
+
+def _conv(layer: spec.Conv2D, i: int, shape: spec.Shape, b: _Builder) -> None:
+    _to_nhwc(b)
+    b.add(layers.Conv2D(layer.filters, layer.kernel, data_format="channels_last"), lambda lay: {
+        f"{i}.kernel": (lay.kernel, spec.oihw_to_hwio, spec.hwio_to_oihw),
+        f"{i}.bias": (lay.bias, spec.identity, spec.identity)})
+
+
+def _pool(layer: spec.MaxPool2D, i: int, shape: spec.Shape, b: _Builder) -> None:
+    _to_nhwc(b)
+    b.add(layers.MaxPooling2D(layer.pool, data_format="channels_last"))
+
+
+def _lstm(layer: spec.LSTM, i: int, shape: spec.Shape, b: _Builder) -> None:
+    # last hidden state, no masking; [4H, in] <-> [in, 4H], [4H, H] <-> [H, 4H]
+    b.add(layers.LSTM(layer.units), lambda lay: {
+        f"{i}.w_ih": (lay.cell.kernel, spec.transpose, spec.transpose),
+        f"{i}.w_hh": (lay.cell.recurrent_kernel, spec.transpose, spec.transpose),
+        f"{i}.bias": (lay.cell.bias, spec.identity, spec.identity)})
+
+
+LAYERS = spec.LayerRules("keras adapter: layers", {
+    spec.Flatten: _flatten,
+    spec.Dense: _dense,
+    spec.Conv2D: _conv,
+    spec.MaxPool2D: _pool,
+    spec.ReLU: lambda layer, i, shape, b: b.add(layers.ReLU()),
+    spec.Dropout: lambda layer, i, shape, b: b.add(layers.Dropout(layer.rate)),
+    spec.Embedding: lambda layer, i, shape, b: b.add(layers.Embedding(layer.vocab, layer.dim), lambda lay: {
+        f"{i}.table": (lay.embeddings, spec.identity, spec.identity)}),
+    spec.LSTM: _lstm,
+})
 
 
 def build_model(task: spec.Task):
     """The Keras model and, per canonical parameter, (variable, to_keras, to_canonical)."""
     dtype = "int32" if task.input_dtype == "int32" else "float32"
-    mods: list[layers.Layer] = []
-    owners: list[tuple[str, layers.Layer, Any]] = []  # (layer index, layer, (kind, perm))
-    shape = task.input_shape  # canonical shape of one example
-    nhwc = False  # are the activations channels_last images?
-    perm = None  # row permutation waiting for the next Dense
-    for i, layer in enumerate(task.layers):
-        if isinstance(layer, spec.Flatten):
-            if nhwc:
-                perm = _flatten_perm(*shape)
-            nhwc = False
-            mods.append(layers.Flatten())
-        elif isinstance(layer, spec.Dense):
-            mods.append(layers.Dense(layer.units))
-            owners.append((str(i), mods[-1], ("dense", perm)))
-            perm = None
-        elif isinstance(layer, spec.Conv2D):
-            if not nhwc:
-                mods.append(layers.Permute((2, 3, 1)))  # NCHW -> NHWC
-                nhwc = True
-            mods.append(layers.Conv2D(layer.filters, layer.kernel, data_format="channels_last"))
-            owners.append((str(i), mods[-1], ("conv", None)))
-        elif isinstance(layer, spec.MaxPool2D):
-            if not nhwc:
-                mods.append(layers.Permute((2, 3, 1)))
-                nhwc = True
-            mods.append(layers.MaxPooling2D(layer.pool, data_format="channels_last"))
-        elif isinstance(layer, spec.ReLU):
-            mods.append(layers.ReLU())
-        elif isinstance(layer, spec.Dropout):
-            mods.append(layers.Dropout(layer.rate))
-        elif isinstance(layer, spec.Embedding):
-            mods.append(layers.Embedding(layer.vocab, layer.dim))
-            owners.append((str(i), mods[-1], ("embedding", None)))
-        elif isinstance(layer, spec.LSTM):
-            mods.append(layers.LSTM(layer.units))  # last hidden state, no masking
-            owners.append((str(i), mods[-1], ("lstm", None)))
-        else:
-            raise TypeError(f"keras adapter: unsupported layer {layer!r}")
-        shape = spec.output_shape(layer, shape)
-    model = keras.Sequential([keras.Input(task.input_shape, dtype=dtype), *mods])
-
-    params: dict[str, tuple[Any, Any, Any]] = {}
-    for i, lay, (kind, p) in owners:
-        if kind == "dense":
-            if p is None:
-                params[f"{i}.kernel"] = (lay.kernel, lambda a: a, lambda a: a)
-            else:
-                inv = np.argsort(p)
-                params[f"{i}.kernel"] = (lay.kernel, lambda a, p=p: a[p], lambda a, q=inv: a[q])
-            params[f"{i}.bias"] = (lay.bias, lambda a: a, lambda a: a)
-        elif kind == "conv":  # [out, in, kh, kw] <-> [kh, kw, in, out]
-            params[f"{i}.kernel"] = (lay.kernel, lambda a: a.transpose(2, 3, 1, 0),
-                                     lambda a: a.transpose(3, 2, 0, 1))
-            params[f"{i}.bias"] = (lay.bias, lambda a: a, lambda a: a)
-        elif kind == "embedding":
-            params[f"{i}.table"] = (lay.embeddings, lambda a: a, lambda a: a)
-        else:  # lstm: [4H, in] <-> [in, 4H], [4H, H] <-> [H, 4H]
-            cell = lay.cell
-            params[f"{i}.w_ih"] = (cell.kernel, np.transpose, np.transpose)
-            params[f"{i}.w_hh"] = (cell.recurrent_kernel, np.transpose, np.transpose)
-            params[f"{i}.bias"] = (cell.bias, lambda a: a, lambda a: a)
-    return model, params
+    b = _Builder()
+    for i, layer, shape in spec.layer_inputs(task):  # canonical shape of one example
+        LAYERS(layer, i, shape, b)
+    model = keras.Sequential([keras.Input(task.input_shape, dtype=dtype), *b.mods])
+    return model, {name: v for params in b.params for name, v in params().items()}
 
 
 class KerasAdapter(Adapter):
@@ -191,6 +219,12 @@ class KerasAdapter(Adapter):
     @classmethod
     def framework_version(cls) -> str:
         return f"tensorflow {tf.__version__}, keras {keras.__version__}"
+
+    def flush_denormals(self) -> str:
+        return "TensorFlow flushes by default (its kernels set FTZ/DAZ)"
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return tf.function(lambda x, y: x * y, jit_compile=self.jit)(a, b).numpy()
 
     def thread_settings(self) -> dict[str, Any]:
         return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),

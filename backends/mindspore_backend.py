@@ -64,48 +64,49 @@ class LastHidden(nn.Cell):
         return h[-1]
 
 
+CELLS = spec.LayerRules("mindspore adapter: cells", {
+    spec.Flatten: lambda layer, shape: nn.Flatten(),
+    spec.Dense: lambda layer, shape: nn.Dense(shape[0], layer.units),
+    spec.Conv2D: lambda layer, shape: nn.Conv2d(shape[0], layer.filters, layer.kernel,
+                                                pad_mode="valid", has_bias=True),
+    spec.MaxPool2D: lambda layer, shape: nn.MaxPool2d(kernel_size=layer.pool, stride=layer.pool),
+    spec.ReLU: lambda layer, shape: nn.ReLU(),
+    spec.Dropout: lambda layer, shape: nn.Dropout(p=layer.rate),
+    spec.Embedding: lambda layer, shape: nn.Embedding(layer.vocab, layer.dim),
+    spec.LSTM: lambda layer, shape: LastHidden(shape[-1], layer.units),
+})
+
+
 def build_cell(task: spec.Task) -> nn.SequentialCell:
-    cells: list[nn.Cell] = []
-    shape = task.input_shape
-    for layer in task.layers:
-        if isinstance(layer, spec.Flatten):
-            cells.append(nn.Flatten())
-        elif isinstance(layer, spec.Dense):
-            cells.append(nn.Dense(shape[0], layer.units))
-        elif isinstance(layer, spec.Conv2D):
-            cells.append(nn.Conv2d(shape[0], layer.filters, layer.kernel,
-                                   pad_mode="valid", has_bias=True))
-        elif isinstance(layer, spec.MaxPool2D):
-            cells.append(nn.MaxPool2d(kernel_size=layer.pool, stride=layer.pool))
-        elif isinstance(layer, spec.ReLU):
-            cells.append(nn.ReLU())
-        elif isinstance(layer, spec.Dropout):
-            cells.append(nn.Dropout(p=layer.rate))
-        elif isinstance(layer, spec.Embedding):
-            cells.append(nn.Embedding(layer.vocab, layer.dim))
-        elif isinstance(layer, spec.LSTM):
-            cells.append(LastHidden(shape[-1], layer.units))
-        else:
-            raise TypeError(f"mindspore adapter: unsupported layer {layer!r}")
-        shape = spec.output_shape(layer, shape)
-    return nn.SequentialCell(cells)
+    return nn.SequentialCell([CELLS(layer, shape) for _, layer, shape in spec.layer_inputs(task)])
+
+
+def _weight_bias(layer: spec.Dense | spec.Conv2D, i: int, cell: nn.Cell) -> dict[str, tuple[Parameter, bool]]:
+    return {f"{i}.kernel": (cell.weight, type(layer) is spec.Dense),  # nn.Dense: [out, in]
+            f"{i}.bias": (cell.bias, False)}
+
+
+def _lstm_params(layer: spec.LSTM, i: int, cell: nn.Cell) -> dict[str, tuple[Parameter, bool]]:
+    return {f"{i}.w_ih": (cell.lstm.w_ih_list[0], False),
+            f"{i}.w_hh": (cell.lstm.w_hh_list[0], False),
+            f"{i}.bias": (cell.lstm.b_ih_list[0], False)}  # b_hh: zero and frozen
+
+
+PARAMS = spec.LayerRules("mindspore adapter: parameters", {
+    spec.Flatten: spec.no_params,
+    spec.Dense: _weight_bias,
+    spec.Conv2D: _weight_bias,
+    spec.MaxPool2D: spec.no_params,
+    spec.ReLU: spec.no_params,
+    spec.Dropout: spec.no_params,
+    spec.Embedding: lambda layer, i, cell: {f"{i}.table": (cell.embedding_table, False)},
+    spec.LSTM: _lstm_params,
+})
 
 
 def canonical_to_mindspore(task: spec.Task, net: nn.SequentialCell) -> dict[str, tuple[Parameter, bool]]:
     """canonical name -> (MindSpore Parameter, transpose?)"""
-    out: dict[str, tuple[Parameter, bool]] = {}
-    for i, layer in enumerate(task.layers):
-        cell = net[i]
-        if isinstance(layer, (spec.Dense, spec.Conv2D)):
-            out[f"{i}.kernel"] = (cell.weight, isinstance(layer, spec.Dense))
-            out[f"{i}.bias"] = (cell.bias, False)
-        elif isinstance(layer, spec.Embedding):
-            out[f"{i}.table"] = (cell.embedding_table, False)
-        elif isinstance(layer, spec.LSTM):
-            out[f"{i}.w_ih"] = (cell.lstm.w_ih_list[0], False)
-            out[f"{i}.w_hh"] = (cell.lstm.w_hh_list[0], False)
-            out[f"{i}.bias"] = (cell.lstm.b_ih_list[0], False)
-    return out
+    return {name: v for i, layer in enumerate(task.layers) for name, v in PARAMS(layer, i, net[i]).items()}
 
 
 # ------------------------------------------------------------------------- optimizer
@@ -150,14 +151,18 @@ class KingmaBaAdam(nn.Optimizer):
             gradients, self._parameters, self.moment1, self.moment2)
 
 
+OPTIMIZERS = spec.OptimizerRules("mindspore adapter: optimizers", {
+    # v = m v + g; w -= lr v (dampening 0, no nesterov)
+    spec.SGDMomentum: lambda opt, params: nn.SGD(params, learning_rate=opt.lr, momentum=opt.momentum),
+    # eps outside the sqrt (nn.RMSProp has it inside)
+    spec.RMSprop: lambda opt, params: ms_optim.RMSprop(params, lr=opt.lr, alpha=opt.rho, eps=opt.eps),
+    # eps after bias correction (nn.Adam has it before)
+    spec.Adam: lambda opt, params: KingmaBaAdam(params, opt.lr, opt.b1, opt.b2, opt.eps),
+})
+
+
 def make_optimizer(opt: spec.Optimizer, params: list[Parameter]) -> nn.Cell:
-    if isinstance(opt, spec.SGDMomentum):  # v = m v + g; w -= lr v (dampening 0, no nesterov)
-        return nn.SGD(params, learning_rate=opt.lr, momentum=opt.momentum)
-    if isinstance(opt, spec.RMSprop):  # eps outside the sqrt (nn.RMSProp has it inside)
-        return ms_optim.RMSprop(params, lr=opt.lr, alpha=opt.rho, eps=opt.eps)
-    if isinstance(opt, spec.Adam):  # eps after bias correction (nn.Adam has it before)
-        return KingmaBaAdam(params, opt.lr, opt.b1, opt.b2, opt.eps)
-    raise TypeError(f"mindspore adapter: unsupported optimizer {opt!r}")
+    return OPTIMIZERS(opt, params)
 
 
 # ----------------------------------------------------------------------- step cells
@@ -251,6 +256,13 @@ def _avoid_reference_conv(task: spec.Task) -> None:
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 
+class _Multiply(nn.Cell):
+    """x * y as a Cell: compiled in GRAPH_MODE, op by op in PyNative, like the train step."""
+
+    def construct(self, x, y):
+        return x * y
+
+
 class MindSporeAdapter(Adapter):
     def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
         super().__init__(task, threads, options)
@@ -274,6 +286,14 @@ class MindSporeAdapter(Adapter):
     @classmethod
     def framework_version(cls) -> str:
         return ms.__version__
+
+    def flush_denormals(self) -> str:
+        # Measured on 2.10 (CPU): GRAPH_MODE kernels flush, PyNative ops do not, and there
+        # is no switch for either.
+        return "GRAPH_MODE flushes by default" if self.mode == "graph" else ""
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _Multiply()(Tensor(a), Tensor(b)).asnumpy()
 
     def thread_settings(self) -> dict[str, Any]:
         # What this process applied through device_context.cpu.op_tuning.threads_num (CPU kernel

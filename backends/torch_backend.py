@@ -32,46 +32,62 @@ class LastHidden(nn.Module):
         return h[-1]
 
 
+MODULES = spec.LayerRules("torch adapter: modules", {
+    spec.Flatten: lambda layer, shape: nn.Flatten(),
+    spec.Dense: lambda layer, shape: nn.Linear(shape[0], layer.units),
+    spec.Conv2D: lambda layer, shape: nn.Conv2d(shape[0], layer.filters, layer.kernel),
+    spec.MaxPool2D: lambda layer, shape: nn.MaxPool2d(layer.pool),
+    spec.ReLU: lambda layer, shape: nn.ReLU(),
+    spec.Dropout: lambda layer, shape: nn.Dropout(layer.rate),
+    spec.Embedding: lambda layer, shape: nn.Embedding(layer.vocab, layer.dim),
+    spec.LSTM: lambda layer, shape: LastHidden(shape[-1], layer.units),
+})
+
+
 def build_module(task: spec.Task) -> nn.Sequential:
-    mods: list[nn.Module] = []
-    shape = task.input_shape
-    for layer in task.layers:
-        if isinstance(layer, spec.Flatten):
-            mods.append(nn.Flatten())
-        elif isinstance(layer, spec.Dense):
-            mods.append(nn.Linear(shape[0], layer.units))
-        elif isinstance(layer, spec.Conv2D):
-            mods.append(nn.Conv2d(shape[0], layer.filters, layer.kernel))
-        elif isinstance(layer, spec.MaxPool2D):
-            mods.append(nn.MaxPool2d(layer.pool))
-        elif isinstance(layer, spec.ReLU):
-            mods.append(nn.ReLU())
-        elif isinstance(layer, spec.Dropout):
-            mods.append(nn.Dropout(layer.rate))
-        elif isinstance(layer, spec.Embedding):
-            mods.append(nn.Embedding(layer.vocab, layer.dim))
-        elif isinstance(layer, spec.LSTM):
-            mods.append(LastHidden(shape[-1], layer.units))
-        else:
-            raise TypeError(f"torch adapter: unsupported layer {layer!r}")
-        shape = spec.output_shape(layer, shape)
-    return nn.Sequential(*mods)
+    return nn.Sequential(*(MODULES(layer, shape) for _, layer, shape in spec.layer_inputs(task)))
+
+
+def _weight_bias(layer: spec.Dense | spec.Conv2D, i: int) -> dict[str, tuple[str, bool]]:
+    return {f"{i}.kernel": (f"{i}.weight", type(layer) is spec.Dense),  # Linear: [out, in]
+            f"{i}.bias": (f"{i}.bias", False)}
+
+
+def _lstm_keys(layer: spec.LSTM, i: int) -> dict[str, tuple[str, bool]]:
+    return {f"{i}.w_ih": (f"{i}.lstm.weight_ih_l0", False),
+            f"{i}.w_hh": (f"{i}.lstm.weight_hh_l0", False),
+            f"{i}.bias": (f"{i}.lstm.bias_ih_l0", False)}  # bias_hh_l0: zero and frozen
+
+
+STATE_KEYS = spec.LayerRules("torch adapter: state_dict keys", {
+    spec.Flatten: spec.no_params,
+    spec.Dense: _weight_bias,
+    spec.Conv2D: _weight_bias,
+    spec.MaxPool2D: spec.no_params,
+    spec.ReLU: spec.no_params,
+    spec.Dropout: spec.no_params,
+    spec.Embedding: lambda layer, i: {f"{i}.table": (f"{i}.weight", False)},
+    spec.LSTM: _lstm_keys,
+})
 
 
 def canonical_to_torch(task: spec.Task) -> dict[str, tuple[str, bool]]:
     """canonical name -> (torch state_dict key, transpose?)"""
-    out: dict[str, tuple[str, bool]] = {}
-    for i, layer in enumerate(task.layers):
-        if isinstance(layer, (spec.Dense, spec.Conv2D)):
-            out[f"{i}.kernel"] = (f"{i}.weight", isinstance(layer, spec.Dense))
-            out[f"{i}.bias"] = (f"{i}.bias", False)
-        elif isinstance(layer, spec.Embedding):
-            out[f"{i}.table"] = (f"{i}.weight", False)
-        elif isinstance(layer, spec.LSTM):
-            out[f"{i}.w_ih"] = (f"{i}.lstm.weight_ih_l0", False)
-            out[f"{i}.w_hh"] = (f"{i}.lstm.weight_hh_l0", False)
-            out[f"{i}.bias"] = (f"{i}.lstm.bias_ih_l0", False)
-    return out
+    return {name: key for i, layer in enumerate(task.layers) for name, key in STATE_KEYS(layer, i).items()}
+
+
+OPTIMIZERS = spec.OptimizerRules("torch adapter: optimizers", {
+    # v = m v + g; w -= lr v (dampening 0)
+    spec.SGDMomentum: lambda opt, params: torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum),
+    # eps outside the sqrt, as the spec says
+    spec.RMSprop: lambda opt, params: torch.optim.RMSprop(params, lr=opt.lr, alpha=opt.rho, eps=opt.eps),
+    # Kingma & Ba with eps after bias correction
+    spec.Adam: lambda opt, params: torch.optim.Adam(params, lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps),
+})
+
+
+def make_optimizer(opt: spec.Optimizer, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    return OPTIMIZERS(opt, params)
 
 
 class TorchAdapter(Adapter):
@@ -95,6 +111,15 @@ class TorchAdapter(Adapter):
     def framework_version(cls) -> str:
         return torch.__version__
 
+    def flush_denormals(self) -> str:
+        # PyTorch does not flush denormals on CPU by default (TensorFlow and XLA do): a
+        # default-initialised LSTM ran 9x slower here because of it.
+        return "torch.set_flush_denormal(True)" if torch.set_flush_denormal(True) else ""
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        with torch.no_grad():  # large enough to run on every intra-op thread
+            return (torch.from_numpy(a) * torch.from_numpy(b)).numpy()
+
     def thread_settings(self) -> dict[str, Any]:
         return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()}
 
@@ -109,15 +134,7 @@ class TorchAdapter(Adapter):
                 state[key] = torch.zeros_like(state[key])
         self.model.load_state_dict(state)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        opt = self.task.optimizer
-        if isinstance(opt, spec.SGDMomentum):  # v = m v + g; w -= lr v (dampening 0)
-            self.opt = torch.optim.SGD(trainable, lr=opt.lr, momentum=opt.momentum)
-        elif isinstance(opt, spec.RMSprop):  # eps outside the sqrt, as the spec says
-            self.opt = torch.optim.RMSprop(trainable, lr=opt.lr, alpha=opt.rho, eps=opt.eps)
-        elif isinstance(opt, spec.Adam):  # Kingma & Ba with eps after bias correction
-            self.opt = torch.optim.Adam(trainable, lr=opt.lr, betas=(opt.b1, opt.b2), eps=opt.eps)
-        else:
-            raise TypeError(f"torch adapter: unsupported optimizer {opt!r}")
+        self.opt = make_optimizer(self.task.optimizer, trainable)
         self.loss_fn = nn.CrossEntropyLoss()
         if self.options.get("compile"):
             self.model = torch.compile(self.model)

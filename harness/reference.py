@@ -43,29 +43,24 @@ def lstm_last(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, bias: np.ndarra
     return h
 
 
+_FORWARD = spec.LayerRules("reference.forward", {
+    spec.Flatten: lambda layer, i, p, a: a.reshape(a.shape[0], -1),
+    spec.Dense: lambda layer, i, p, a: a @ p[f"{i}.kernel"] + p[f"{i}.bias"],
+    spec.Conv2D: lambda layer, i, p, a: conv2d_valid(a, p[f"{i}.kernel"], p[f"{i}.bias"]),
+    spec.MaxPool2D: lambda layer, i, p, a: maxpool(a, layer.pool),
+    spec.ReLU: lambda layer, i, p, a: np.maximum(a, 0.0),
+    spec.Dropout: lambda layer, i, p, a: a,  # evaluation mode: the identity
+    spec.Embedding: lambda layer, i, p, a: p[f"{i}.table"][a],
+    spec.LSTM: lambda layer, i, p, a: lstm_last(a, p[f"{i}.w_ih"], p[f"{i}.w_hh"], p[f"{i}.bias"]),
+})
+
+
 def forward(task: spec.Task, params: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Logits of ``task`` for the batch ``x`` (evaluation mode: dropout is the identity)."""
     p = {k: v.astype(np.float64) for k, v in params.items()}
     a = x if x.dtype.kind in "iu" else x.astype(np.float64)
     for i, layer in enumerate(task.layers):
-        if isinstance(layer, spec.Flatten):
-            a = a.reshape(a.shape[0], -1)
-        elif isinstance(layer, spec.Dense):
-            a = a @ p[f"{i}.kernel"] + p[f"{i}.bias"]
-        elif isinstance(layer, spec.Conv2D):
-            a = conv2d_valid(a, p[f"{i}.kernel"], p[f"{i}.bias"])
-        elif isinstance(layer, spec.MaxPool2D):
-            a = maxpool(a, layer.pool)
-        elif isinstance(layer, spec.ReLU):
-            a = np.maximum(a, 0.0)
-        elif isinstance(layer, spec.Dropout):
-            pass
-        elif isinstance(layer, spec.Embedding):
-            a = p[f"{i}.table"][a]
-        elif isinstance(layer, spec.LSTM):
-            a = lstm_last(a, p[f"{i}.w_ih"], p[f"{i}.w_hh"], p[f"{i}.bias"])
-        else:
-            raise TypeError(f"unknown layer {layer!r}")
+        a = _FORWARD(layer, i, p, a)
     return a
 
 
@@ -76,6 +71,28 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-logp[np.arange(len(labels)), labels].mean())
 
 
+def _sgd(opt: spec.SGDMomentum, w: np.ndarray, g: np.ndarray, s: dict, t: int) -> np.ndarray:
+    s["v"] = opt.momentum * s.get("v", 0.0) + g
+    return w - opt.lr * s["v"]
+
+
+def _rmsprop(opt: spec.RMSprop, w: np.ndarray, g: np.ndarray, s: dict, t: int) -> np.ndarray:
+    s["s"] = opt.rho * s.get("s", 0.0) + (1 - opt.rho) * g * g
+    return w - opt.lr * g / (np.sqrt(s["s"]) + opt.eps)
+
+
+def _adam(opt: spec.Adam, w: np.ndarray, g: np.ndarray, s: dict, t: int) -> np.ndarray:
+    s["m"] = opt.b1 * s.get("m", 0.0) + (1 - opt.b1) * g
+    s["v"] = opt.b2 * s.get("v", 0.0) + (1 - opt.b2) * g * g
+    m_hat = s["m"] / (1 - opt.b1**t)
+    v_hat = s["v"] / (1 - opt.b2**t)
+    return w - opt.lr * m_hat / (np.sqrt(v_hat) + opt.eps)
+
+
+_UPDATE = spec.OptimizerRules("reference.optimizer_step",
+                              {spec.SGDMomentum: _sgd, spec.RMSprop: _rmsprop, spec.Adam: _adam})
+
+
 def optimizer_step(
     opt: spec.Optimizer,
     params: dict[str, np.ndarray],
@@ -84,24 +101,7 @@ def optimizer_step(
     t: int,
 ) -> dict[str, np.ndarray]:
     """One step of the spec's formula (t from 1). Updates ``state`` in place, returns new params."""
-    new = {}
-    for name, w in params.items():
-        g = grads[name].astype(np.float64)
-        w = w.astype(np.float64)
-        s = state.setdefault(name, {})
-        if isinstance(opt, spec.SGDMomentum):
-            s["v"] = opt.momentum * s.get("v", 0.0) + g
-            w = w - opt.lr * s["v"]
-        elif isinstance(opt, spec.RMSprop):
-            s["s"] = opt.rho * s.get("s", 0.0) + (1 - opt.rho) * g * g
-            w = w - opt.lr * g / (np.sqrt(s["s"]) + opt.eps)
-        elif isinstance(opt, spec.Adam):
-            s["m"] = opt.b1 * s.get("m", 0.0) + (1 - opt.b1) * g
-            s["v"] = opt.b2 * s.get("v", 0.0) + (1 - opt.b2) * g * g
-            m_hat = s["m"] / (1 - opt.b1**t)
-            v_hat = s["v"] / (1 - opt.b2**t)
-            w = w - opt.lr * m_hat / (np.sqrt(v_hat) + opt.eps)
-        else:
-            raise TypeError(f"unknown optimizer {opt!r}")
-        new[name] = w
-    return new
+    update = _UPDATE[opt]
+    return {name: update(opt, w.astype(np.float64), grads[name].astype(np.float64),
+                         state.setdefault(name, {}), t)
+            for name, w in params.items()}

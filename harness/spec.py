@@ -14,12 +14,17 @@ Canonical parameter layout (shared by all adapters, produced by ``init_params``)
              the output is the last hidden state h_T (no masking: padding is just token 0)
 
 Parameter names are ``"<layer index>.<name>"``, e.g. ``"1.kernel"``.
+
+Every place that handles layers or optimizers (shapes, parameters, the reference, FLOPs, each
+adapter) dispatches through a ``LayerRules`` / ``OptimizerRules`` table: one rule per type of
+``LAYER_TYPES`` / ``OPTIMIZER_TYPES`` or an explicit "unsupported", checked when the table is
+built, so a new type fails loudly at import in every place that has not learned it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Callable, ClassVar, Generic, Iterable, Mapping, TypeVar, Union
 
 import numpy as np
 
@@ -77,6 +82,10 @@ class LSTM:
 
 
 Layer = Union[Flatten, Dense, Conv2D, MaxPool2D, ReLU, Dropout, Embedding, LSTM]
+# Every layer type of the IR. A place that handles layers (shapes, the reference, each
+# adapter) declares a ``LayerRules`` over exactly these, so a new type added here breaks the
+# import of every module that has not learned it.
+LAYER_TYPES: tuple[type, ...] = (Flatten, Dense, Conv2D, MaxPool2D, ReLU, Dropout, Embedding, LSTM)
 
 # ----------------------------------------------------------------------- optimizers
 # Each optimizer is a formula (MLPerf-style "compliant optimizer"); t counts steps from 1.
@@ -113,6 +122,124 @@ class Adam:
 
 
 Optimizer = Union[SGDMomentum, RMSprop, Adam]
+OPTIMIZER_TYPES: tuple[type, ...] = (SGDMomentum, RMSprop, Adam)
+
+# -------------------------------------------------------------------- dispatch rules
+
+T = TypeVar("T")
+V = TypeVar("V")
+
+
+class Unsupported(TypeError):
+    """``place`` declared the type of ``item`` (a layer or an optimizer) unsupported."""
+
+    family: ClassVar[str] = "item"
+
+    def __init__(self, place: str, item: object):
+        self.place, self.item = place, item
+        super().__init__(f"{place}: unsupported {self.family} {' '.join(repr(item).split())}")
+
+
+class UnsupportedLayer(Unsupported):
+    family = "layer"
+
+
+class UnsupportedOptimizer(Unsupported):
+    family = "optimizer"
+
+
+class Rules(Generic[V]):
+    """One place's rule per type of a closed family (``types()``), checked to be exhaustive.
+
+    Every type of the family must have a rule or be listed in ``unsupported``; otherwise the
+    constructor raises TypeError naming the place and the missing types. Rules are looked up
+    by the exact type of an item (no subclass matching, so nothing falls through to a rule
+    written for another type). Subclasses fix the family: ``LayerRules``, ``OptimizerRules``.
+    """
+
+    family: ClassVar[str] = "item"
+    error: ClassVar[type[Unsupported]] = Unsupported
+
+    def __init__(self, place: str, rules: Mapping[type, V], unsupported: Iterable[type] = ()):
+        self.place = place
+        self.rules = dict(rules)
+        self.unsupported = tuple(unsupported)
+        self.check()
+
+    @staticmethod
+    def types() -> tuple[type, ...]:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise TypeError unless the rules cover the family exactly, each type once."""
+        known, declared = self.types(), [*self.rules, *self.unsupported]
+        problems = []
+        missing = [t for t in known if t not in declared]
+        if missing:
+            problems.append(f"no rule for {_names(missing)} (add one, or list it as unsupported)")
+        both = [t for t in self.rules if t in self.unsupported]
+        if both:
+            problems.append(f"both a rule and unsupported: {_names(both)}")
+        stale = [t for t in declared if t not in known]
+        if stale:
+            problems.append(f"not {self.family} types of the spec: {_names(stale)}")
+        if problems:
+            raise TypeError(f"{self.place}: {'; '.join(problems)}")
+
+    def supports(self, item: object) -> bool:
+        return type(item) in self.rules
+
+    def __getitem__(self, item: object) -> V:
+        """The rule for ``item``'s exact type; ``self.error`` if the place declared it unsupported."""
+        try:
+            return self.rules[type(item)]
+        except KeyError:
+            if type(item) in self.unsupported:
+                raise self.error(self.place, item) from None
+            raise TypeError(f"{self.place}: {item!r} is not a {self.family} of the spec") from None
+
+    def __call__(self: Rules[Callable[..., T]], item: Any, *args: Any, **kwargs: Any) -> T:
+        """Dispatch: ``rule(item, *args, **kwargs)`` with the rule for ``item``."""
+        return self[item](item, *args, **kwargs)
+
+
+def _names(types: Iterable[type]) -> str:
+    return ", ".join(t.__name__ for t in types)
+
+
+class LayerRules(Rules[V]):
+    """Rules over ``LAYER_TYPES`` (read when built, so a new layer type breaks every place)."""
+
+    family = "layer"
+    error = UnsupportedLayer
+
+    @staticmethod
+    def types() -> tuple[type, ...]:
+        return LAYER_TYPES
+
+
+class OptimizerRules(Rules[V]):
+    """Rules over ``OPTIMIZER_TYPES``."""
+
+    family = "optimizer"
+    error = UnsupportedOptimizer
+
+    @staticmethod
+    def types() -> tuple[type, ...]:
+        return OPTIMIZER_TYPES
+
+
+def no_params(layer: object, *args: Any) -> dict:
+    """The explicit rule of a layer that has no parameters in a place's parameter map."""
+    return {}
+
+
+def unsupported_layers(task: Task, *rules: LayerRules[Any]) -> list[Layer]:
+    """The layers of ``task`` (in order) that any of ``rules`` cannot handle; [] if none.
+
+    For asking before training whether a place (an adapter) can run a task at all.
+    """
+    return [layer for layer in task.layers if not all(r.supports(layer) for r in rules)]
 
 # ---------------------------------------------------------------------------- tasks
 
@@ -126,12 +253,18 @@ class Profile:
     sample_data: bool  # True: the small sample shipped in the package
     default_seeds: int
     description: str
+    default_repeats: int = 0  # timing-only processes per (task, backend) after the seeds
 
 
+# Processes per (task, backend) = seeds + repeats; the process is the unit of replication
+# (harness/stats.py). quick: 1 + 6 = 7, the fewest with which the exact rank test can reach
+# a verdict after Holm over the 30 pairs of 5 backends x 3 tasks (stats.processes_needed);
+# full: 3 + 7 = 10, ~82% power for a true 10% difference at 5% process-to-process noise
+# (>= 94% at 3%, the noise of the published reference run), see tests/test_stats.py.
 PROFILE_INFO = {
-    "smoke": Profile("smoke", True, 1, "shipped sample data, 1 epoch: seconds per cell"),
-    "quick": Profile("quick", False, 1, "full data, 1 epoch, 1 seed (default)"),
-    "full": Profile("full", False, 3, "full data, the task's epochs, 3 seeds"),
+    "smoke": Profile("smoke", True, 1, "shipped sample data, 1 epoch, 1 process per cell", 0),
+    "quick": Profile("quick", False, 1, "full data, 1 epoch, 1 seed + 6 timing repeats (default)", 6),
+    "full": Profile("full", False, 3, "full data, the task's epochs, 3 seeds + 7 timing repeats", 7),
 }
 
 
@@ -225,25 +358,94 @@ class ParamSpec:
     fan: tuple[int, int] = (0, 0)  # (fan_in, fan_out) for glorot
 
 
-def output_shape(layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+Shape = tuple[int, ...]
+
+
+def _image_out(layer: Conv2D, shape: Shape) -> Shape:
+    c, h, w = shape
+    return (layer.filters, h - layer.kernel + 1, w - layer.kernel + 1)
+
+
+def _pooled(layer: MaxPool2D, shape: Shape) -> Shape:
+    c, h, w = shape
+    return (c, h // layer.pool, w // layer.pool)
+
+
+def _same_shape(layer: Layer, shape: Shape) -> Shape:
+    return shape
+
+
+_OUTPUT_SHAPE: LayerRules[Callable[..., Shape]] = LayerRules("spec.output_shape", {
+    Flatten: lambda layer, shape: (int(np.prod(shape)),),
+    Dense: lambda layer, shape: (layer.units,),
+    Conv2D: _image_out,
+    MaxPool2D: _pooled,
+    ReLU: _same_shape,
+    Dropout: _same_shape,
+    Embedding: lambda layer, shape: (*shape, layer.dim),
+    LSTM: lambda layer, shape: (layer.units,),
+})
+
+
+def output_shape(layer: Layer, shape: Shape) -> Shape:
     """Shape of one example after ``layer`` (no batch dimension)."""
-    if isinstance(layer, Flatten):
-        return (int(np.prod(shape)),)
-    if isinstance(layer, Dense):
-        return (layer.units,)
-    if isinstance(layer, Conv2D):
-        c, h, w = shape
-        return (layer.filters, h - layer.kernel + 1, w - layer.kernel + 1)
-    if isinstance(layer, MaxPool2D):
-        c, h, w = shape
-        return (c, h // layer.pool, w // layer.pool)
-    if isinstance(layer, (ReLU, Dropout)):
-        return shape
-    if isinstance(layer, Embedding):
-        return (*shape, layer.dim)
-    if isinstance(layer, LSTM):
-        return (layer.units,)
-    raise TypeError(f"unknown layer {layer!r}")
+    return _OUTPUT_SHAPE(layer, shape)
+
+
+def layer_inputs(task: Task) -> list[tuple[int, Layer, Shape]]:
+    """(index, layer, shape of one example entering the layer) for each layer of ``task``.
+
+    The walk every model builder does: most layers need their input's size.
+    """
+    out = []
+    shape = task.input_shape
+    for i, layer in enumerate(task.layers):
+        out.append((i, layer, shape))
+        shape = output_shape(layer, shape)
+    return out
+
+
+def _dense_params(layer: Dense, i: int, shape: Shape) -> list[ParamSpec]:
+    (n_in,) = shape
+    return [
+        ParamSpec(f"{i}.kernel", (n_in, layer.units), "glorot_uniform", (n_in, layer.units)),
+        ParamSpec(f"{i}.bias", (layer.units,), "zeros"),
+    ]
+
+
+def _conv_params(layer: Conv2D, i: int, shape: Shape) -> list[ParamSpec]:
+    c_in, k = shape[0], layer.kernel
+    fan = (c_in * k * k, layer.filters * k * k)
+    return [
+        ParamSpec(f"{i}.kernel", (layer.filters, c_in, k, k), "glorot_uniform", fan),
+        ParamSpec(f"{i}.bias", (layer.filters,), "zeros"),
+    ]
+
+
+def _lstm_params(layer: LSTM, i: int, shape: Shape) -> list[ParamSpec]:
+    n_in, h = shape[-1], layer.units
+    return [
+        # Keras: the input kernel [in, 4H] is Glorot over (in, 4H)
+        ParamSpec(f"{i}.w_ih", (4 * h, n_in), "glorot_uniform", (n_in, 4 * h)),
+        ParamSpec(f"{i}.w_hh", (4 * h, h), "orthogonal"),
+        ParamSpec(f"{i}.bias", (4 * h,), "lstm_bias"),
+    ]
+
+
+def _no_param_specs(layer: Layer, i: int, shape: Shape) -> list[ParamSpec]:
+    return []
+
+
+_PARAM_SPECS: LayerRules[Callable[..., list[ParamSpec]]] = LayerRules("spec.param_specs", {
+    Flatten: _no_param_specs,
+    Dense: _dense_params,
+    Conv2D: _conv_params,
+    MaxPool2D: _no_param_specs,
+    ReLU: _no_param_specs,
+    Dropout: _no_param_specs,
+    Embedding: lambda layer, i, shape: [ParamSpec(f"{i}.table", (layer.vocab, layer.dim), "uniform_0.05")],
+    LSTM: _lstm_params,
+})
 
 
 def param_specs(task: Task) -> list[ParamSpec]:
@@ -251,29 +453,7 @@ def param_specs(task: Task) -> list[ParamSpec]:
     specs: list[ParamSpec] = []
     shape = task.input_shape
     for i, layer in enumerate(task.layers):
-        if isinstance(layer, Dense):
-            (n_in,) = shape
-            specs += [
-                ParamSpec(f"{i}.kernel", (n_in, layer.units), "glorot_uniform", (n_in, layer.units)),
-                ParamSpec(f"{i}.bias", (layer.units,), "zeros"),
-            ]
-        elif isinstance(layer, Conv2D):
-            c_in, k = shape[0], layer.kernel
-            fan = (c_in * k * k, layer.filters * k * k)
-            specs += [
-                ParamSpec(f"{i}.kernel", (layer.filters, c_in, k, k), "glorot_uniform", fan),
-                ParamSpec(f"{i}.bias", (layer.filters,), "zeros"),
-            ]
-        elif isinstance(layer, Embedding):
-            specs.append(ParamSpec(f"{i}.table", (layer.vocab, layer.dim), "uniform_0.05"))
-        elif isinstance(layer, LSTM):
-            n_in, h = shape[-1], layer.units
-            specs += [
-                # Keras: the input kernel [in, 4H] is Glorot over (in, 4H)
-                ParamSpec(f"{i}.w_ih", (4 * h, n_in), "glorot_uniform", (n_in, 4 * h)),
-                ParamSpec(f"{i}.w_hh", (4 * h, h), "orthogonal"),
-                ParamSpec(f"{i}.bias", (4 * h,), "lstm_bias"),
-            ]
+        specs += _PARAM_SPECS(layer, i, shape)
         shape = output_shape(layer, shape)
     if shape != (task.num_classes,):
         raise ValueError(f"task {task.name}: output shape {shape}, expected ({task.num_classes},)")
@@ -319,6 +499,42 @@ def init_params(task: Task, seed: int) -> dict[str, np.ndarray]:
             raise ValueError(p.init)
         out[p.name] = np.ascontiguousarray(v, dtype=np.float32)
     return out
+
+
+# -------------------------------------------------- canonical layout <-> channels-last
+# Conversions shared by the channels-last adapters (Keras, Flax): pure NumPy, exact.
+
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
+def identity(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def transpose(a: np.ndarray) -> np.ndarray:
+    return a.T
+
+
+def oihw_to_hwio(a: np.ndarray) -> np.ndarray:
+    """Conv kernel [out, in, kh, kw] -> [kh, kw, in, out]."""
+    return a.transpose(2, 3, 1, 0)
+
+
+def hwio_to_oihw(a: np.ndarray) -> np.ndarray:
+    """Conv kernel [kh, kw, in, out] -> [out, in, kh, kw]."""
+    return a.transpose(3, 2, 0, 1)
+
+
+def nhwc_flatten_rows(shape: Shape) -> tuple[Convert, Convert]:
+    """(to channels-last, to canonical) for the rows of a Dense kernel after a Flatten.
+
+    ``shape`` is the canonical (C, H, W) of the flattened activations. Canonical row
+    c*H*W + h*W + w is row (h*W + w)*C + c of a framework that flattens NHWC activations.
+    """
+    c, h, w = shape
+    perm = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()  # NHWC row -> canonical row
+    inv = np.argsort(perm)
+    return (lambda a: a[perm]), (lambda a: a[inv])
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

@@ -81,3 +81,24 @@ def test_eval_covers_every_example_once():
 def test_profiles():
     assert spec.TASKS["mlp"].epochs("full") == 5 and spec.TASKS["lstm"].epochs("full") == 3
     assert spec.TASKS["mlp"].epochs("quick") == 1 and spec.TASKS["lenet"].epochs("smoke") == 1
+
+
+def test_layer_inputs_walk_the_shapes():
+    walk = spec.layer_inputs(spec.TASKS["lenet"])
+    assert [i for i, _, _ in walk] == list(range(12))
+    assert walk[0][2] == (1, 32, 32) and walk[6] == (6, spec.Flatten(), (16, 5, 5))
+
+
+def test_nhwc_flatten_rows_match_a_channels_last_flatten():
+    """A Dense after Flatten computes the same on NCHW with the canonical kernel as on NHWC
+    with the converted one, and the conversion round-trips exactly."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5))  # N, C, H, W
+    k = rng.standard_normal((60, 7))
+    to_nhwc, to_canonical = spec.nhwc_flatten_rows((3, 4, 5))
+    np.testing.assert_allclose(x.reshape(2, -1) @ k,
+                               x.transpose(0, 2, 3, 1).reshape(2, -1) @ to_nhwc(k), rtol=1e-12)
+    np.testing.assert_array_equal(to_canonical(to_nhwc(k)), k)
+    conv = rng.standard_normal((6, 3, 5, 2))
+    assert spec.oihw_to_hwio(conv).shape == (5, 2, 3, 6)
+    np.testing.assert_array_equal(spec.hwio_to_oihw(spec.oihw_to_hwio(conv)), conv)

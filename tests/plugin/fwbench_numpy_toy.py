@@ -18,11 +18,37 @@ BACKEND = Backend(
 )
 
 
+# Unsupported: Conv2D, MaxPool2D, Dropout, Embedding, LSTM (build() refuses such a task).
+_UNSUPPORTED = (spec.Conv2D, spec.MaxPool2D, spec.Dropout, spec.Embedding, spec.LSTM)
+
+# (layer, index, params, activations) -> activations
+FORWARD = spec.LayerRules("numpy-toy", {
+    spec.Flatten: lambda layer, i, p, a: a.reshape(len(a), -1),
+    spec.Dense: lambda layer, i, p, a: a @ p[f"{i}.kernel"] + p[f"{i}.bias"],
+    spec.ReLU: lambda layer, i, p, a: np.maximum(a, 0),
+}, unsupported=_UNSUPPORTED)
+
+
+def _dense_backward(layer, i, p, a_in, d, grads):
+    grads[f"{i}.kernel"] = a_in.T @ d
+    grads[f"{i}.bias"] = d.sum(axis=0)
+    return d @ p[f"{i}.kernel"].T
+
+
+# (layer, index, params, layer input, gradient w.r.t. its output, grads to fill) -> gradient
+# w.r.t. its input
+BACKWARD = spec.LayerRules("numpy-toy", {
+    spec.Flatten: lambda layer, i, p, a_in, d, grads: d,  # _forward flattens the input first
+    spec.Dense: _dense_backward,
+    spec.ReLU: lambda layer, i, p, a_in, d, grads: d * (a_in > 0),
+}, unsupported=_UNSUPPORTED)
+
+
 class NumpyAdapter(Adapter):
     def build(self, params):
-        for layer in self.task.layers:
-            if not isinstance(layer, (spec.Flatten, spec.Dense, spec.ReLU)):
-                raise NotImplementedError(f"numpy-toy supports Flatten, Dense and ReLU, not {layer}")
+        unsupported = spec.unsupported_layers(self.task, FORWARD, BACKWARD)
+        if unsupported:
+            raise spec.UnsupportedLayer("numpy-toy", unsupported[0])
         self.params = {k: v.copy() for k, v in params.items()}
         self.state: dict = {}
         self.t = 0
@@ -34,14 +60,7 @@ class NumpyAdapter(Adapter):
     def _forward(self, x):
         acts = [x.reshape(len(x), -1) if x.ndim > 2 else x]
         for i, layer in enumerate(self.task.layers):
-            a = acts[-1]
-            if isinstance(layer, spec.Flatten):
-                a = a.reshape(len(a), -1)
-            elif isinstance(layer, spec.Dense):
-                a = a @ self.params[f"{i}.kernel"] + self.params[f"{i}.bias"]
-            elif isinstance(layer, spec.ReLU):
-                a = np.maximum(a, 0)
-            acts.append(a)
+            acts.append(FORWARD(layer, i, self.params, acts[-1]))
         return acts
 
     def _loss_and_grads(self, x, y):
@@ -54,13 +73,7 @@ class NumpyAdapter(Adapter):
         d /= len(y)
         grads = {}
         for i in reversed(range(len(self.task.layers))):
-            layer, a_in = self.task.layers[i], acts[i]
-            if isinstance(layer, spec.Dense):
-                grads[f"{i}.kernel"] = a_in.T @ d
-                grads[f"{i}.bias"] = d.sum(axis=0)
-                d = d @ self.params[f"{i}.kernel"].T
-            elif isinstance(layer, spec.ReLU):
-                d = d * (a_in > 0)
+            d = BACKWARD(self.task.layers[i], i, self.params, acts[i], d, grads)
         return loss, grads
 
     def train_step(self, x, y):
