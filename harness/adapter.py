@@ -14,10 +14,11 @@ distributions it needs), so listing backends never imports a framework.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 import importlib.metadata as md
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -71,6 +72,19 @@ class Adapter(abc.ABC):
         """The thread counts the framework itself reports (recorded, not trusted)."""
         return {}
 
+    def flush_denormals(self) -> str:
+        """Policy ``--denormals flush``: make the framework flush denormal floats to zero in
+        training, and say how ("" where it has no switch). Called right after construction.
+        Whether it worked is not trusted: ``denormal_product`` is probed afterwards."""
+        return ""
+
+    def denormal_product(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+        """``a * b`` (float32, ~1M elements) computed by the framework the way its training
+        step runs (compiled where the step is compiled, on its thread pool). The harness
+        passes products that underflow into the denormal range: a framework that flushes
+        returns zeros. None: this adapter cannot be probed."""
+        return None
+
     def determinism(self) -> dict[str, Any]:
         """The determinism switches in force. ``options["deterministic"]`` (``fwbench run
         --deterministic``) asks the adapter to set its framework's switches and seed its
@@ -121,18 +135,42 @@ class Backend:
         return getattr(importlib.import_module(module), cls)
 
 
-def discover() -> dict[str, Backend]:
-    """All registered backends by name, built-ins first then plugins, sorted by name."""
+def discover(warn: Callable[[str], None] | None = None) -> dict[str, Backend]:
+    """All registered backends by name (sorted): built-ins first, then plugins.
+
+    A plugin whose entry point fails to load, or names no ``Backend``, is skipped; a plugin
+    backend named like a built-in (or like another plugin's, which registered first) is
+    ignored. Each such problem is passed to ``warn`` as one line (the CLI prints it on
+    stderr), so one broken plugin never breaks every command.
+    """
+    warn = warn or (lambda message: None)
+    points = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
+                    key=lambda ep: (_dist_name(ep) != "fwbench", _dist_name(ep), ep.name))
     found: dict[str, Backend] = {}
-    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        backends = obj if isinstance(obj, (list, tuple)) else [obj]
-        dist = getattr(ep, "dist", None)
-        for b in backends:
+    for ep in points:
+        dist = _dist_name(ep)
+        where = f"plugin {dist or '?'} (entry point {ep.name!r})"
+        try:
+            obj = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any error in a plugin's import
+            warn(f"{where} failed to load: {type(exc).__name__}: {' '.join(str(exc).split())}; skipped")
+            continue
+        items = obj if isinstance(obj, (list, tuple)) else [obj]
+        for b in items:
             if not isinstance(b, Backend):
+                warn(f"{where} is not an fwbench Backend ({type(b).__name__}); skipped")
                 continue
-            if dist is not None and dist.name != "fwbench" and b.source == "built-in":
-                b = Backend(b.name, b.adapter, b.requires, b.options, b.description,
-                            f"plugin {dist.name} {dist.version}")
-            found.setdefault(b.name, b)
+            if dist != "fwbench" and b.source == "built-in":
+                version = getattr(getattr(ep, "dist", None), "version", "?")
+                b = dataclasses.replace(b, source=f"plugin {dist} {version}")
+            if b.name in found:
+                warn(f"{where} registers backend {b.name!r}, already registered by "
+                     f"{found[b.name].source}; ignored")
+                continue
+            found[b.name] = b
     return dict(sorted(found.items()))
+
+
+def _dist_name(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else ""

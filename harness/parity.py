@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import data, environment, reference, runner, spec
+from . import data, environment, records, reference, runner, spec
 from .adapter import Backend
 
 REFERENCE_BACKEND = "torch"
@@ -115,17 +115,16 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
             np.savez(work / f"batches-{t}.npz", **b)
         for name in names:
             on_status(f"probing {name}")
-            cfg = {
-                "mode": "probe", "seed": seed, "threads": threads, "cpus": cpus,
-                "backend": dataclasses.asdict(backends[name]),
-                "probes": [{"task": t, "batches_path": str(work / f"batches-{t}.npz"),
-                            "probe_path": str(work / f"probe-{name}-{t}.npz")} for t in tasks],
-            }
-            outcome = runner.run_worker(cfg, work / f"{name}.log", timeout_s, lambda e: None)
-            if outcome["status"] != "ok":
+            request = records.ProbeRequest(
+                threads, cpus, runner.backend_spec(backends[name]), seed=seed,
+                probes=[records.ProbeItem(records.task_to_json(spec.TASKS[t]),
+                                          str(work / f"batches-{t}.npz"),
+                                          str(work / f"probe-{name}-{t}.npz")) for t in tasks])
+            outcome = runner.run_worker(request, work / f"{name}.log", timeout_s, lambda e: None)
+            if outcome.status != "ok":
                 log = (work / f"{name}.log").read_text(errors="replace").strip().splitlines()
-                errors[name] = f"{outcome['status']}: {outcome.get('error')}" + (
-                    f" | {log[-1][:200]}" if log and outcome["status"] != "failed" else "")
+                errors[name] = f"{outcome.status}: {outcome.error}" + (
+                    f" | {log[-1][:200]}" if log and outcome.status != "failed" else "")
                 continue
             probes[name] = {}
             for t in tasks:

@@ -1,14 +1,17 @@
 """The runner: plan cells, prepare data, run each cell in its own worker process.
 
-One cell = (task, backend, seed). Cells run one after another (nothing else competes for
-the cores), in an order interleaved across backends so drift hits all of them alike. Each
-worker gets a timeout, its stderr goes to ``logs/<cell>.log``, and its record is appended
-to ``results.jsonl`` the moment the cell ends (write, flush, fsync: one line per record).
+One cell = (task, backend, seed, repeat). Cells run one after another (nothing else
+competes for the cores), in an order interleaved across backends so drift hits all of them
+alike. Each worker gets a timeout and a memory limit, runs in a process group of its own
+that dies with the runner (see ``watchdog``), its stderr goes to ``logs/<cell>.log``, and
+its record is appended to ``results.jsonl`` the moment the cell ends (write, flush, fsync).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata as md
 import json
 import os
 import queue
@@ -18,17 +21,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import data, environment, spec
+from . import data, environment, records, spec
 from .adapter import Backend
 from .errors import FwbenchError
+from .records import RESULTS, RUN_JSON, CellRecord, RunMeta  # noqa: F401 - re-exported
 
-RESULTS = "results.jsonl"
-RUN_JSON = "run.json"
+HARNESS = Path(__file__).parent
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,25 @@ class RunConfig:
     threads: int
     timeout_s: float
     data_dir: str | None = None
-    repeats: int = 1  # repeats > 0 are timing-only re-runs of each cell
+    repeats: int = 0  # timing-only processes per (task, backend), after the training runs
     memory_limit_gib: float | None = None
     deterministic: bool = False
     timing_steps: int = 200  # steps of a timing-only repeat
+    allow_busy: bool = False  # run even when other processes use the run's cores
+    until_ci_pct: float | None = None  # adaptive: add repeats until every CI is this narrow
+    max_processes: int = 20  # the cap of the adaptive repeats, per (task, backend)
+    denormals: str = "flush"  # "flush": every framework flushes denormals; or "framework-default"
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return records.to_json(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise FwbenchError(f"run.json: unknown configuration field(s) {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
@@ -76,71 +91,45 @@ class CellEvent:
     step: int = 0
     steps: int = 0
     phase: str = "train"
-    record: dict[str, Any] = field(default_factory=dict)
+    record: CellRecord | None = None
 
 
-def plan(config: RunConfig) -> list[Cell]:
-    """Repeats, then seeds outermost, backends innermost: every backend runs before any
-    backend repeats, so drift over the run hits all backends alike."""
-    return [Cell(t, b, s, r) for r in range(config.repeats) for s in config.seeds
-            for t in config.tasks for b in config.backends]
+def plan(config: RunConfig) -> list[list[Cell]]:
+    """Rounds of cells: round 0 trains every (seed, task, backend); round r >= 1 is timing
+    repeat r of every (task, backend) (seed 0). Backends innermost: every backend runs
+    before any runs again, so the machine's drift over the run hits all backends alike."""
+    first = [Cell(t, b, s) for s in config.seeds for t in config.tasks for b in config.backends]
+    return [first] + [[Cell(t, b, 0, r) for t in config.tasks for b in config.backends]
+                      for r in range(1, config.repeats + 1)]
 
 
-def record_ident(r: dict[str, Any]) -> tuple[str, str, int, int]:
-    return (r["task"], r["backend"], r["seed"], r.get("repeat", 0))
+# ------------------------------------------------------------------ worker processes
 
 
-def append_record(path: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(record, allow_nan=False, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+@dataclass
+class Outcome:
+    """How a worker process ended: its status, one-line error and measurements."""
+
+    status: str
+    error: str | None = None
+    result: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pids: list[int] = dataclasses.field(default_factory=list)  # the cell's processes seen
 
 
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def _tree(proc) -> list:
+    import psutil
 
-
-def _clean(value: Any) -> Any:
-    """NaN/inf -> None so every record is strict JSON."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records of a results file; a partial last line (a killed run) is ignored."""
-    if not path.is_file():
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
         return []
-    records = []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # no newline yet: the write was cut short
-                continue
-            raise FwbenchError(f"{path}: line {i + 1} is not JSON; is this an fwbench results file?")
-        if not isinstance(rec, dict) or not {"task", "backend", "seed", "status"} <= rec.keys():
-            raise FwbenchError(f"{path}: line {i + 1} is not an fwbench record")
-        records.append(rec)
-    return records
 
 
-def _tree_rss(proc) -> int:
+def _tree_rss(procs: list) -> int:
     import psutil
 
     total = 0
-    for p in [proc, *proc.children(recursive=True)]:
+    for p in procs:
         try:
             total += p.memory_info().rss
         except psutil.Error:
@@ -148,44 +137,110 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
-                on_event: Callable[[dict[str, Any]], None],
-                memory_limit_gib: float | None = None) -> dict[str, Any]:
-    """Run one worker process; returns its record, or a timeout/oom/crashed record.
+def oom_kills() -> int | None:
+    """The kernel's OOM-kill counter: the cgroup's (v2 ``memory.events``) if this process
+    sits in one, else the machine's (``/proc/vmstat`` ``oom_kill``); None if neither exists."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next((line.split(":", 2)[2].strip() for line in f if line.startswith("0::")), None)
+        if path is not None:
+            with open(f"/sys/fs/cgroup{path}/memory.events") as f:
+                for line in f:
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
-    The worker runs in its own process group (killed whole on timeout, memory limit or
-    Ctrl-C) and dies with the runner (it asks the kernel for SIGKILL on its parent's death).
-    The memory limit is enforced on the resident memory of the worker's process tree,
-    sampled every 0.1 s (an address-space rlimit would break JAX and TensorFlow, which
-    reserve far more virtual memory than they use).
+
+def _start_watchdog() -> subprocess.Popen:
+    """A watchdog leading a new process group (in the runner's session: a process may only
+    join a group of its own session); the worker joins that group (see ``watchdog``)."""
+    dog = subprocess.Popen([sys.executable, "-m", "fwbench.harness.watchdog", str(os.getpid())],
+                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                           **_in_group(0))
+    assert dog.stdout is not None
+    if dog.stdout.readline().strip() != "ready":
+        dog.kill()
+        raise FwbenchError("the worker watchdog did not start")
+    return dog
+
+
+def _kill_group(group: int, known: list) -> None:
+    """SIGKILL the cell's process group and every descendant seen during the cell (a
+    process that left the group with setsid is still among them if it was ever seen)."""
+    import psutil
+
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in known:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+def _in_group(group: int) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        return {"process_group": group}
+    return {"preexec_fn": lambda: os.setpgid(0, group)}  # pragma: no cover - Python 3.10
+
+
+def run_worker(request: records.Request, log_path: Path, timeout_s: float,
+               on_event: Callable[[dict[str, Any]], None],
+               memory_limit_gib: float | None = None) -> Outcome:
+    """Run one worker process for ``request``; its outcome, whatever happens to it.
+
+    The worker runs in the process group of a watchdog that SIGKILLs the group when the
+    runner dies (even by kill -9); the runner kills the group when the worker ends, times
+    out, exceeds the memory limit or on Ctrl-C, so no process of the cell outlives it. The
+    memory limit is enforced on the resident memory of the worker's process tree, sampled
+    every 0.1 s (an address-space rlimit would break JAX and TensorFlow, which reserve far
+    more virtual memory than they use).
     """
     import psutil
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({**cfg, "runner_pid": os.getpid()}, f)
+        json.dump({**request.to_json(), "runner_pid": os.getpid()}, f)
         cfg_path = f.name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    record: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
     limit = memory_limit_gib * 2**30 if memory_limit_gib else None
-    outcome: dict[str, Any] | None = None
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fwbench.harness.worker", cfg_path],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-            env=env, start_new_session=True,
-        )
-        watched = psutil.Process(proc.pid)
-        events: queue.Queue[str | None] = queue.Queue()
+    outcome: Outcome | None = None
+    oom_before = oom_kills()
+    last_rss = 0
+    seen: list = []
+    dog = _start_watchdog()
+    group = dog.pid
+    seen.append(psutil.Process(dog.pid))
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fwbench.harness.worker", cfg_path],
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                env=env, **_in_group(group),
+            )
+            watched = psutil.Process(proc.pid)
+            events: queue.Queue[str | None] = queue.Queue()
 
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                events.put(line)
-            events.put(None)
+            def pump() -> None:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    events.put(line)
+                events.put(None)
 
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + timeout_s
-        try:
+            threading.Thread(target=pump, daemon=True).start()
+            deadline = time.monotonic() + timeout_s
+            next_sample = 0.0
             while True:
                 try:
                     line = events.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
@@ -199,109 +254,322 @@ def run_worker(cfg: dict[str, Any], log_path: Path, timeout_s: float,
                     except json.JSONDecodeError:
                         continue
                     if event.get("event") == "record":
-                        record = event["record"]
+                        result = event["record"]
                     else:
                         on_event(event)
-                    continue
-                if time.monotonic() >= deadline:
-                    _kill(proc)
-                    outcome = {"status": "timeout", "error": f"no result after {timeout_s:g} s; killed"}
-                    break
-                if limit is not None:
-                    rss = _tree_rss(watched)
-                    if rss > limit:
-                        _kill(proc)
-                        outcome = {"status": "oom", "error": f"resident memory {rss / 2**30:.1f} GiB "
-                                   f"exceeded the limit of {memory_limit_gib:g} GiB; killed"}
+                if time.monotonic() >= next_sample:
+                    next_sample = time.monotonic() + 0.1
+                    tree = _tree(watched)
+                    seen.extend(p for p in tree if p not in seen)
+                    last_rss = _tree_rss(tree) or last_rss
+                    if limit is not None and last_rss > limit:
+                        _kill_group(group, seen)
+                        outcome = Outcome("oom", f"resident memory {last_rss / 2**30:.1f} GiB "
+                                                 f"exceeded the limit of {memory_limit_gib:g} GiB; killed")
                         break
+                if time.monotonic() >= deadline:
+                    _kill_group(group, seen)
+                    outcome = Outcome("timeout", f"no result after {timeout_s:g} s; killed")
+                    break
             proc.wait()
-        except BaseException:
-            _kill(proc)
-            raise
-        finally:
-            os.unlink(cfg_path)
-    if outcome is not None:
-        return outcome
-    if record is not None:
-        return record
-    code = proc.returncode
+    finally:
+        _kill_group(group, seen)  # the watchdog, and whatever the worker left behind
+        dog.wait()
+        os.unlink(cfg_path)
+    if outcome is None and result is not None:
+        outcome = Outcome(result.pop("status", "crashed"), result.pop("error", None), result)
+    if outcome is None:
+        outcome = _classify_exit(proc.returncode, log_path, oom_before, last_rss, limit)
+    outcome.pids = [p.pid for p in seen]
+    return outcome
+
+
+def _classify_exit(code: int, log_path: Path, oom_before: int | None, last_rss: int,
+                   limit: float | None) -> Outcome:
+    """A worker that ended without a record: ``oom`` only with evidence, else by signal."""
     if code < 0:
         name = signal.Signals(-code).name
         if -code == signal.SIGKILL:
-            return {"status": "oom", "error": f"worker killed by SIGKILL (the kernel's out-of-memory "
-                    f"killer?); see {log_path}"}
-        return {"status": "crashed", "error": f"worker killed by {name}; see {log_path}"}
-    return {"status": "crashed", "error": f"worker exited with code {code} without a record; see {log_path}"}
+            after = oom_kills()
+            if oom_before is not None and after is not None and after > oom_before:
+                return Outcome("oom", f"killed by the kernel's OOM killer (its oom_kill counter "
+                                      f"rose from {oom_before} to {after} during the cell); see {log_path}")
+            if limit is not None and last_rss > 0.9 * limit:
+                return Outcome("oom", f"worker killed by SIGKILL with resident memory at "
+                                      f"{last_rss / 2**30:.1f} GiB, near the limit; see {log_path}")
+            return Outcome("killed", f"worker killed by SIGKILL from outside fwbench (no sign of "
+                                     f"memory exhaustion); see {log_path}")
+        return Outcome("crashed", f"worker killed by {name}; see {log_path}")
+    return Outcome("crashed", f"worker exited with code {code} without a record; see {log_path}")
 
 
-def _kill(proc: subprocess.Popen) -> None:
+# ------------------------------------------------------------------ run metadata
+
+
+def backend_spec(backend: Backend, config: RunConfig | None = None, seed: int = 0) -> records.BackendSpec:
+    options = dict(backend.options)
+    if config is not None and config.deterministic:
+        options.update(deterministic=True, seed=seed)
+    return records.BackendSpec(backend.name, backend.adapter, tuple(backend.requires), options,
+                               backend.description, backend.source)
+
+
+def harness_sha256() -> str:
+    """One hash over fwbench's harness sources: a changed worker or spec changes it."""
+    h = hashlib.sha256()
+    for path in sorted(HARNESS.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def fwbench_version() -> str:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+        version = md.version("fwbench")
+    except md.PackageNotFoundError:
+        version = "unknown"
+    return f"{version} (harness {harness_sha256()[:12]})"
 
 
-def _with_options(backend: Backend, config: RunConfig, cell: Cell) -> dict[str, Any]:
-    fields = dataclasses.asdict(backend)
-    if config.deterministic:
-        fields["options"] = {**fields["options"], "deterministic": True, "seed": cell.seed}
-    return fields
+def build_meta(config: RunConfig, backends: dict[str, Backend]) -> RunMeta:
+    """``run.json`` for a run starting now (before calibration)."""
+    return RunMeta(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        fwbench_version=fwbench_version(),
+        config=config.to_json(),
+        environment=environment.capture(),
+        backends={n: records.BackendInfo(backends[n].versions(), dict(backends[n].options),
+                                         backends[n].source, backends[n].adapter,
+                                         records.source_sha256(backends[n].adapter))
+                  for n in config.backends},
+        tasks={t: records.task_to_json(spec.TASKS[t]) for t in config.tasks},
+    )
+
+
+ENV_KEYS = ("cpu_model", "logical_cores", "physical_cores", "memory_gib", "kernel", "python")
+
+
+def environment_differences(saved: RunMeta, now: RunMeta) -> list[str]:
+    """What differs between a saved run and one starting now, apart from the configuration:
+    fwbench, the machine, package versions, backends' adapters and task definitions."""
+    out = []
+    if saved.fwbench_version != now.fwbench_version:
+        out.append(f"fwbench {saved.fwbench_version} -> {now.fwbench_version}")
+    for k in ENV_KEYS:
+        a, b = saved.environment.get(k), now.environment.get(k)
+        if a != b:
+            out.append(f"{k} {a} -> {b}")
+    pa, pb = saved.environment.get("packages") or {}, now.environment.get("packages") or {}
+    out += [f"{k} {pa.get(k)} -> {pb.get(k)}" for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
+    for name in sorted(set(saved.backends) | set(now.backends)):
+        a, b = saved.backends.get(name), now.backends.get(name)
+        if a is None or b is None:
+            continue
+        for dist in sorted(set(a.requires) | set(b.requires)):  # plugins' own packages
+            if dist not in environment.PACKAGES and a.requires.get(dist) != b.requires.get(dist):
+                out.append(f"backend {name}: {dist} {a.requires.get(dist)} -> {b.requires.get(dist)}")
+        if a.adapter != b.adapter or a.adapter_sha256 != b.adapter_sha256:
+            out.append(f"backend {name} adapter code changed ({a.adapter})")
+        if a.options != b.options:
+            out.append(f"backend {name} options {a.options} -> {b.options}")
+    for name in sorted(set(saved.tasks) & set(now.tasks)):
+        if saved.tasks[name] != now.tasks[name]:
+            changed = sorted(k for k in saved.tasks[name] if saved.tasks[name][k] != now.tasks[name].get(k))
+            out.append(f"task {name} definition changed ({', '.join(changed)})")
+    return out
+
+
+def prepare_resume(run_dir: Path, given: dict[str, Any], backends: dict[str, Backend],
+                   force: bool) -> RunConfig:
+    """The saved configuration of ``run_dir``, after checking that nothing differs.
+
+    ``given`` holds the options the user passed with --resume (already normalised as the
+    configuration stores them): any that differs from the saved one is refused. The
+    environment (fwbench, machine, packages, adapters, task definitions) must be the same
+    too, unless ``force``; what was accepted is recorded in run.json when the run resumes.
+    """
+    meta = records.load_meta(run_dir)
+    saved = RunConfig.from_json(meta.config)
+    diffs = [f"{k} (saved {getattr(saved, k)!r}, given {v!r})" for k, v in given.items()
+             if getattr(saved, k) != v]
+    if diffs:
+        raise FwbenchError(f"--resume: {'; '.join(diffs)} differ from {run_dir / RUN_JSON}; "
+                           "drop those options to resume the run as it was configured")
+    for name in saved.backends:  # A/A copies (torch#2) are copies of an installed backend
+        base = name.split("#")[0]
+        if name not in backends and base in backends:
+            backends[name] = dataclasses.replace(backends[base], name=name)
+    missing = [b for b in saved.backends if b not in backends or backends[b].missing()]
+    if missing:
+        raise FwbenchError(f"--resume: backend(s) {', '.join(missing)} of that run are not installed")
+    unknown = [t for t in saved.tasks if t not in spec.TASKS]
+    if unknown:
+        raise FwbenchError(f"--resume: task(s) {', '.join(unknown)} of that run are not known here")
+    env_diffs = environment_differences(meta, build_meta(saved, backends))
+    if env_diffs and not force:
+        raise FwbenchError(f"--resume: the environment changed since the run started: "
+                           f"{'; '.join(env_diffs)} (--force-resume accepts that, and records it)")
+    return saved
 
 
 def new_run_dir(base: Path = Path("runs")) -> Path:
     return base / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------ the run
+
+
 def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         on_event: Callable[[CellEvent], None] = lambda e: None,
-        on_status: Callable[[str], None] = lambda s: None) -> list[dict[str, Any]]:
+        on_status: Callable[[str], None] = lambda s: None,
+        force_resume: bool = False) -> list[CellRecord]:
     """Run every planned cell not already in ``run_dir``; returns this run's records."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     results = run_dir / RESULTS
-    done = {record_ident(r) for r in read_records(results)}
-    meta_path = run_dir / RUN_JSON
+    torn = records.cut_torn_line(results)
+    done = {r.ident for r in records.read_records(results)}
     if not done:  # a new run (or one that died before its first record): fresh metadata
-        meta = {
-            "fwbench_run": 1,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "config": config.to_json(),
-            "environment": environment.capture(),
-            "backends": {n: {"requires": backends[n].versions(), "options": backends[n].options,
-                             "source": backends[n].source} for n in config.backends},
-        }
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+        meta = build_meta(config, backends)
+        if torn is not None:
+            meta.resumed.append(records.Resumption(_now(), False, [], torn.name))
+        records.write_meta(run_dir, meta)
+    else:
+        meta = records.load_meta(run_dir)
+        diffs = environment_differences(meta, build_meta(config, backends))
+        if diffs and not force_resume:
+            raise FwbenchError(f"--resume: the environment changed since the run started: "
+                               f"{'; '.join(diffs)} (--force-resume accepts that, and records it)")
+        meta.resumed.append(records.Resumption(_now(), bool(diffs), diffs,
+                                               torn.name if torn else None))
+        records.write_meta(run_dir, meta)
 
-    meta = json.loads(meta_path.read_text())
     cpus = environment.available_cpus()[: config.threads]
-    if "calibration" not in meta:
+    _noise_guard(config, cpus, meta, on_status)
+    records.write_meta(run_dir, meta)
+    if meta.calibration is None:
         on_status(f"calibrating float32 GEMM peak on {config.threads} thread(s)")
-        outcome = run_worker({"mode": "calibrate", "threads": config.threads, "cpus": cpus},
-                              run_dir / "logs" / "calibration.log", 300, lambda e: None)
-        meta["calibration"] = {"gemm_peak_gflops": outcome.get("gemm_peak_gflops"),
-                               "threads": config.threads, "blas": outcome.get("blas")}
-        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-    peak = meta["calibration"].get("gemm_peak_gflops")
+        outcome = run_worker(records.CalibrateRequest(config.threads, cpus, _NUMPY),
+                             run_dir / "logs" / "calibration.log", 300, lambda e: None)
+        meta.calibration = records.Calibration(outcome.result.get("gemm_peak_gflops"),
+                                               config.threads, outcome.result.get("blas") or [])
+        records.write_meta(run_dir, meta)
 
     prepared: dict[str, Path] = {}
     for dataset in sorted({spec.TASKS[t].dataset for t in config.tasks}):
         on_status(f"preparing {dataset} ({config.profile} profile)")
         prepared[dataset] = data.prepare(dataset, config.profile, config.data_dir)
 
-    records = []
-    for cell in plan(config):
-        if cell.ident in done:
-            continue
-        task = spec.TASKS[cell.task]
-        on_event(CellEvent(cell, "start", epochs=task.epochs(config.profile)))
-        cfg = {
-            "task": cell.task, "seed": cell.seed, "profile": config.profile,
-            "backend": _with_options(backends[cell.backend], config, cell),
-            "threads": config.threads, "cpus": cpus,
-            "data_path": str(prepared[task.dataset]),
-            "timing_only": cell.repeat > 0, "max_steps": config.timing_steps,
-        }
+    out: list[CellRecord] = []
+    rounds = plan(config)
+    for number, cells in enumerate(rounds):
+        _run_round(number, [c for c in cells if c.ident not in done], config, run_dir, backends,
+                   meta, prepared, cpus, out, on_event)
+    if config.until_ci_pct is not None:
+        number = len(rounds)
+        while True:
+            pending = _adaptive_pending(config, meta, records.read_records(results))
+            if not pending:
+                break
+            _run_round(number, [Cell(t, b, 0, number) for t, b in pending], config, run_dir,
+                       backends, meta, prepared, cpus, out, on_event)
+            number += 1
+    _record_stopping(config, meta, records.read_records(results))
+    records.write_meta(run_dir, meta)
+    return out
+
+
+_NUMPY = records.BackendSpec("numpy", "")  # calibration and drift probes import no framework
+
+
+def _noise_guard(config: RunConfig, cpus: list[int], meta: RunMeta,
+                 on_status: Callable[[str], None]) -> None:
+    """Watch the run's cores for 1 s: refuse a busy machine (smoke runs and --allow-busy
+    only warn), and record what was seen."""
+    from . import noise
+
+    busy = noise.probe(cpus, 1.0)
+    meta.noise_at_start = {**records.to_json(busy), "busy": busy.busy, "text": busy.text(),
+                           "allowed": config.allow_busy}
+    if not busy.busy:
+        return
+    message = f"the machine is busy: {busy.text()}"
+    if config.allow_busy or config.profile == "smoke":
+        on_status(f"warning: {message}; timings will be noisy")
+        return
+    raise FwbenchError(f"{message}; timings would measure the other load. Wait, or run with "
+                       "--allow-busy (recorded in run.json)")
+
+
+def _figures(rs: list[CellRecord], task: str, backend: str) -> list[float]:
+    from . import stats
+
+    out = []
+    for r in rs:
+        if r.task == task and r.backend == backend and r.ok:
+            f = stats.process_figure(r.step_samples_ms)
+            if f is not None:
+                out.append(f)
+    return out
+
+
+def _adaptive_pending(config: RunConfig, meta: RunMeta, rs: list[CellRecord]) -> list[tuple[str, str]]:
+    """(task, backend)s whose CI of the median is still wider than --until-ci, below the cap,
+    and whose last round did not fail."""
+    from . import stats
+
+    pending = []
+    for t in config.tasks:
+        for b in config.backends:
+            mine = [r for r in rs if r.task == t and r.backend == b]
+            if len(mine) >= config.max_processes or (mine and not mine[-1].ok):
+                continue
+            if not stats.ci_width_ok(_figures(rs, t, b), config.until_ci_pct / 100):
+                pending.append((t, b))
+    return pending
+
+
+def _record_stopping(config: RunConfig, meta: RunMeta, rs: list[CellRecord]) -> None:
+    """run.json: per (task, backend), how many processes and why no more."""
+    from . import stats
+
+    for t in config.tasks:
+        for b in config.backends:
+            mine = [r for r in rs if r.task == t and r.backend == b]
+            if config.until_ci_pct is None:
+                reason = "the planned processes (seeds + --repeats)"
+            elif stats.ci_width_ok(_figures(rs, t, b), config.until_ci_pct / 100):
+                reason = f"the 95% CI of the median is within +-{config.until_ci_pct:g}%"
+            elif len(mine) >= config.max_processes:
+                reason = f"the cap of {config.max_processes} processes"
+            else:
+                reason = "its last process did not finish ok"
+            meta.stopping[f"{t}/{b}"] = records.Stopping(len(mine), reason)
+
+
+def _run_round(number: int, cells: list[Cell], config: RunConfig, run_dir: Path,
+               backends: dict[str, Backend], meta: RunMeta, prepared: dict[str, Path],
+               cpus: list[int], out: list[CellRecord], on_event: Callable[[CellEvent], None]) -> None:
+    """One drift probe, then the round's cells, one worker process each."""
+    from . import noise
+
+    if not cells:
+        return
+    probe = run_worker(records.DriftRequest(config.threads, cpus, _NUMPY),
+                       run_dir / "logs" / f"drift-{number}.log", 120, lambda e: None)
+    meta.drift_probes.append(records.DriftProbe(_now(), number, probe.result.get("median_ms")))
+    records.write_meta(run_dir, meta)
+    for cell in cells:
+        task = meta.task(cell.task) or spec.TASKS[cell.task]
+        on_event(CellEvent(cell, "start", epochs=1 if cell.repeat else task.epochs(config.profile)))
+        request = records.TrainRequest(
+            config.threads, cpus, backend_spec(backends[cell.backend], config, cell.seed),
+            task=records.task_to_json(task), seed=cell.seed, profile=config.profile,
+            data_path=str(prepared[task.dataset]), timing_only=cell.repeat > 0,
+            max_steps=config.timing_steps, denormals=config.denormals)
         log_path = run_dir / "logs" / f"{cell.key}.log"
         started = time.time()
 
@@ -309,23 +577,24 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             on_event(CellEvent(cell, "progress", event.get("epoch", 0), event.get("epochs", 0),
                                event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
 
-        outcome = run_worker(cfg, log_path, config.timeout_s, forward, config.memory_limit_gib)
-        record = {
-            "task": cell.task, "backend": cell.backend, "seed": cell.seed, "repeat": cell.repeat,
-            "profile": config.profile,
-            "status": outcome.pop("status"), "error": outcome.pop("error", None),
-            "test_accuracy": outcome.pop("test_accuracy", None),
-            **outcome,
-            "threads": config.threads, "affinity": cpus,
-            "wall_s": time.time() - started,
-            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-            "log": str(log_path.relative_to(run_dir)),
-        }
-        if peak and record.get("achieved_gflops"):
-            record["pct_of_gemm_peak"] = 100 * record["achieved_gflops"] / peak
-        record = _clean(record)
-        append_record(results, record)
-        records.append(record)
+        before = noise.snapshot(cpus)
+        outcome = run_worker(request, log_path, config.timeout_s, forward, config.memory_limit_gib)
+        busy = noise.busy_between(before, noise.snapshot(cpus), [os.getpid(), *outcome.pids])
+        record = records.record_from_json(
+            {"schema": records.SCHEMA, **outcome.result, "status": outcome.status,
+             "error": outcome.error},
+            f"the record of {cell.key}")
+        record.task, record.backend, record.seed, record.repeat = cell.ident
+        record.profile, record.threads, record.affinity = config.profile, config.threads, cpus
+        record.noise = {"others_cores": busy.others_cores, "steal_fraction": busy.steal_fraction,
+                        "loadavg_1m": busy.loadavg_1m, "busy": busy.busy}
+        record.wall_s = time.time() - started
+        record.started = datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
+        record.ended = _now()
+        record.log = str(log_path.relative_to(run_dir))
+        peak = meta.calibration.gemm_peak_gflops if meta.calibration else None
+        if peak and record.achieved_gflops:
+            record.pct_of_gemm_peak = 100 * record.achieved_gflops / peak
+        records.append_record(run_dir / RESULTS, record)
+        out.append(record)
         on_event(CellEvent(cell, "end", record=record))
-    return records
-

@@ -11,6 +11,7 @@ go to the cell's log file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +23,9 @@ from typing import Any
 
 
 def _emit(stream, event: str, **fields: Any) -> None:
-    stream.write(json.dumps({"event": event, **fields}) + "\n")
+    from . import records  # after pin_threads: it imports NumPy through spec
+
+    stream.write(records.dumps({"event": event, **fields}) + "\n")
     stream.flush()
 
 
@@ -117,17 +120,47 @@ def run_steps(adapter, x, y, batches, step_times: list[float], losses: list[floa
     return None
 
 
-def train(cfg: dict[str, Any], out) -> dict[str, Any]:
-    """Train one cell; ``cfg["timing_only"]`` runs at most ``max_steps`` steps and no eval."""
+def _describe(settings: dict[str, Any]) -> dict[str, Any]:
+    """An adapter's thread_settings()/determinism() as JSON: NumPy scalars become numbers,
+    anything else that JSON cannot hold becomes its repr (these are descriptions)."""
+    from . import records
+
+    out = {}
+    for k, v in dict(settings or {}).items():
+        try:
+            out[str(k)] = records.to_json(v)
+        except TypeError:
+            out[str(k)] = repr(v)
+    return out
+
+
+def denormal_state(adapter, policy: str, switch: str) -> dict[str, Any]:
+    """Does the framework flush denormals in its training step? Probed, not trusted: 2^20
+    float32 products 1e-30 * 1e-10 (= 1e-40, denormal) computed by the adapter after
+    training, on its thread pool; a framework that flushes returns zeros everywhere."""
     import numpy as np
 
-    from . import data, flops, spec
+    a = np.full(1 << 20, 1e-30, np.float32)
+    b = np.full(1 << 20, 1e-10, np.float32)
+    product = adapter.denormal_product(a, b)
+    if product is None:
+        return {"policy": policy, "switch": switch or None, "flushed": None, "nonzero_fraction": None}
+    nonzero = float(np.count_nonzero(np.asarray(product)) / a.size)
+    return {"policy": policy, "switch": switch or None, "flushed": nonzero == 0.0,
+            "nonzero_fraction": nonzero}
+
+
+def train(req, out) -> dict[str, Any]:
+    """Train one cell; ``req.timing_only`` runs at most ``req.max_steps`` steps and no eval."""
+    import numpy as np
+
+    from . import data, flops, records, spec
     from .adapter import Backend
 
-    task = spec.TASKS[cfg["task"]]
-    backend = Backend(**cfg["backend"])
-    threads = cfg["threads"]
-    timing_only = bool(cfg.get("timing_only"))
+    task = records.task_from_json(req.task)
+    backend = Backend(**dataclasses.asdict(req.backend))
+    threads = req.threads
+    timing_only = req.timing_only
     record: dict[str, Any] = {"status": "ok", "error": None}
 
     memory = MemorySampler().start()
@@ -136,7 +169,7 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
     record["import_s"] = time.time() - memory.proc.create_time()
 
     t = time.perf_counter()
-    arrays = data.task_arrays(task, data.load_prepared(cfg["data_path"]))
+    arrays = data.task_arrays(task, data.load_prepared(req.data_path))
     x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     record["data_s"] = time.perf_counter() - t
     baseline = memory.proc.memory_info().rss
@@ -144,14 +177,15 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
 
     t = time.perf_counter()
     adapter = adapter_cls(task, threads, backend.options)
-    adapter.build(spec.init_params(task, cfg["seed"]))
+    switch = adapter.flush_denormals() if req.denormals == "flush" else ""
+    adapter.build(spec.init_params(task, req.seed))
     record["setup_s"] = time.perf_counter() - t
     record["framework_version"] = adapter_cls.framework_version()
     record["param_count"] = spec.param_count(task)
 
-    epochs = 1 if timing_only else task.epochs(cfg["profile"])
+    epochs = 1 if timing_only else task.epochs(req.profile)
     steps_per_epoch = len(x_train) // task.batch_size
-    max_steps = min(cfg.get("max_steps") or steps_per_epoch, steps_per_epoch)
+    max_steps = min(req.max_steps or steps_per_epoch, steps_per_epoch)
     step_times: list[float] = []
     epoch_rows: list[dict[str, Any]] = []
     train_wall = train_cpu = eval_wall = 0.0
@@ -159,7 +193,7 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
     memory.reset_peak()
     for epoch in range(1, epochs + 1):
         losses = []
-        batches = spec.train_batches(len(x_train), task.batch_size, cfg["seed"], epoch)
+        batches = spec.train_batches(len(x_train), task.batch_size, req.seed, epoch)
         if timing_only:
             batches = batches[:max_steps]
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -210,7 +244,8 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
             "std": float(np.std(steady)) * 1e3 if steady else None,
         },
         step_samples_ms=[round(v * 1e3, 4) for v in _subsample(steady)],
-        throughput_samples_s=task.batch_size * len(steady) / sum(steady) if steady else None,
+        # One definition everywhere: the batch over the median steady-state step time.
+        throughput_samples_s=task.batch_size / p50 if steady else None,
         eval_s=eval_wall if not timing_only else None,
         time_to_target_s=next((r["wall_s"] for r in epoch_rows
                                if r["test_accuracy"] >= task.target_accuracy), None),
@@ -223,31 +258,33 @@ def train(cfg: dict[str, Any], out) -> dict[str, Any]:
         train_peak_delta_mib=(train_peak - baseline) / MIB,
         eval_peak_rss_mib=eval_peak / MIB if eval_peak else None,
         peak_rss_mib=max(memory.peak, train_peak, eval_peak) / MIB,
-        thread_settings=adapter.thread_settings(),
-        determinism=adapter.determinism(),
+        denormals=denormal_state(adapter, req.denormals, switch),
+        thread_settings=_describe(adapter.thread_settings()),
+        determinism=_describe(adapter.determinism()),
     )
     memory.stop()
     record["memory_timeline"] = [[t, round(rss / MIB, 1)] for t, rss in memory.timeline]
-    return record
+    return records.measurement(record)
 
 
-def probe(cfg: dict[str, Any]) -> dict[str, Any]:
+def probe(req) -> dict[str, Any]:
     """The parity probe (``fwbench check``): for each task, from the canonical weights, the
     exported initial weights, logits, loss and gradients on batch 0, then the parameters after
     3 optimizer steps on batches 1, 2, 3. Arrays go to one ``.npz`` per task."""
     import numpy as np
 
-    from . import spec
+    from . import records, spec
     from .adapter import Backend
 
-    backend = Backend(**cfg["backend"])
+    backend = Backend(**dataclasses.asdict(req.backend))
     adapter_cls = backend.load()
-    for item in cfg["probes"]:
-        task = spec.TASKS[item["task"]]
-        adapter = adapter_cls(task, cfg["threads"], backend.options)
-        with np.load(item["batches_path"], allow_pickle=False) as z:
+    for item in req.probes:
+        task = records.task_from_json(item.task)
+        adapter = adapter_cls(task, req.threads, backend.options)
+        adapter.flush_denormals()  # the default policy of runs
+        with np.load(item.batches_path, allow_pickle=False) as z:
             batches = {k: z[k] for k in z.files}
-        adapter.build(spec.init_params(task, cfg["seed"]))
+        adapter.build(spec.init_params(task, req.seed))
         out: dict[str, np.ndarray] = {f"init/{k}": v for k, v in adapter.export_params().items()}
         out["logits"] = adapter.logits(batches["x0"])
         loss, grads = adapter.gradients(batches["x0"], batches["y0"])
@@ -256,11 +293,11 @@ def probe(cfg: dict[str, Any]) -> dict[str, Any]:
         out["step_losses"] = np.array([adapter.train_step(batches[f"x{i}"], batches[f"y{i}"])
                                        for i in (1, 2, 3)])
         out.update({f"params/{k}": v for k, v in adapter.export_params().items()})
-        np.savez(item["probe_path"], **out)
+        np.savez(item.probe_path, **out)
     return {"status": "ok", "error": None, "framework_version": adapter_cls.framework_version()}
 
 
-def calibrate(cfg: dict[str, Any]) -> dict[str, Any]:
+def calibrate(req) -> dict[str, Any]:
     """This machine's float32 GEMM peak with NumPy's BLAS on the cell's cores and threads."""
     from . import environment, flops
 
@@ -268,7 +305,32 @@ def calibrate(cfg: dict[str, Any]) -> dict[str, Any]:
             "blas": environment.blas()}
 
 
-def overhead(cfg: dict[str, Any]) -> dict[str, Any]:
+def drift(req) -> dict[str, Any]:
+    """The machine's speed now: the median step of a fixed NumPy workload (an MLP-sized
+    forward and backward pass in float32 on the run's cores: 784-512-10 at batch 128, 300
+    steps, the first 50 discarded). Run in its own process between rounds of cells, its
+    change between two runs estimates the machine's own drift (``fwbench compare``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 784), dtype=np.float32)
+    w1 = rng.standard_normal((784, 512), dtype=np.float32) * 0.05
+    w2 = rng.standard_normal((512, 10), dtype=np.float32) * 0.05
+    times = []
+    for _ in range(300):
+        t = time.perf_counter()
+        h = np.maximum(x @ w1, 0.0)
+        g = h @ w2
+        dw2 = h.T @ g
+        dh = (g @ w2.T) * (h > 0)
+        dw1 = x.T @ dh
+        w1 -= 1e-6 * dw1
+        w2 -= 1e-6 * dw2
+        times.append(time.perf_counter() - t)
+    return {"status": "ok", "error": None, "median_ms": float(np.median(times[50:])) * 1e3}
+
+
+def overhead(req) -> dict[str, Any]:
     """The harness loop (``run_steps``) against two bare loops on the same adapter and batches,
     in alternating blocks of ``steps`` steps; medians of block wall times.
 
@@ -280,21 +342,21 @@ def overhead(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     import numpy as np
 
-    from . import data, spec
+    from . import data, records, spec
     from .adapter import Backend
 
-    task = spec.TASKS[cfg["task"]]
-    backend = Backend(**cfg["backend"])
-    arrays = data.task_arrays(task, data.load_prepared(cfg["data_path"]))
+    task = records.task_from_json(req.task)
+    backend = Backend(**dataclasses.asdict(req.backend))
+    arrays = data.task_arrays(task, data.load_prepared(req.data_path))
     x, y = arrays["x_train"], arrays["y_train"]
-    adapter = backend.load()(task, cfg["threads"], backend.options)
+    adapter = backend.load()(task, req.threads, backend.options)
     adapter.build(spec.init_params(task, 0))
-    batches = spec.train_batches(len(x), task.batch_size, 0, 1)[: cfg["steps"]]
+    batches = spec.train_batches(len(x), task.batch_size, 0, 1)[: req.steps]
     gathered = [(x[idx], y[idx]) for idx in batches]
     for xb, yb in gathered[:5]:  # warm-up: compilation, allocator
         adapter.train_step(xb, yb)
     harness, bare, pre = [], [], []
-    for _ in range(cfg["blocks"]):
+    for _ in range(req.blocks):
         t = time.perf_counter()
         run_steps(adapter, x, y, batches, [], [], progress=lambda step, n: None)
         harness.append(time.perf_counter() - t)
@@ -311,7 +373,8 @@ def overhead(cfg: dict[str, Any]) -> dict[str, Any]:
             "ratio_pregathered": float(np.median(harness) / np.median(pre))}
 
 
-MODES = {"train": None, "probe": probe, "calibrate": calibrate, "overhead": overhead}
+MODES = {"train": train, "probe": probe, "calibrate": calibrate, "drift": drift,
+         "overhead": overhead}
 
 
 def die_with_parent(parent_pid: int | None) -> None:
@@ -331,15 +394,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         cfg = json.load(f)
-    die_with_parent(cfg.get("runner_pid"))
+    die_with_parent(cfg.pop("runner_pid", None))
     # The runner reads events from our original stdout; anything else printed goes to the log.
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     pin_threads(cfg["cpus"], cfg["threads"])
     try:
-        mode = cfg.get("mode", "train")
-        record = train(cfg, out) if mode == "train" else MODES[mode](cfg)
+        from . import records
+
+        req = records.request_from_json(cfg)
+        record = train(req, out) if req.mode == "train" else MODES[req.mode](req)
     except MemoryError:
         traceback.print_exc()
         record = {"status": "oom", "error": "MemoryError in the worker"}

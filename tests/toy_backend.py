@@ -77,3 +77,31 @@ class Slow(_Base):
     def train_step(self, x, y):
         time.sleep(0.1)
         return 1.0
+
+
+class NumpyScalars(_Base):
+    """Reports its settings as NumPy scalars, as a framework's getters may."""
+
+    def thread_settings(self):
+        return {"intra_op": np.int64(self.threads), "ratio": np.float32(0.5), "flag": np.bool_(True)}
+
+    def determinism(self):
+        return {"seed": np.int32(0), "object": object()}
+
+
+class Spawner(_Base):
+    """Starts a long-lived child process (like torch.compile's compile workers) and records
+    its pid in the file named by FWBENCH_TEST_SPAWN, then trains slowly."""
+
+    def build(self, params):
+        import subprocess
+        import sys
+
+        super().build(params)
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open(os.environ["FWBENCH_TEST_SPAWN"], "a") as f:
+            f.write(f"{self.child.pid}\n")
+
+    def train_step(self, x, y):
+        time.sleep(0.1)
+        return 1.0

@@ -1,0 +1,586 @@
+"""Typed, versioned records: everything that crosses the corridor between fwbench's rooms.
+
+- ``TrainRequest`` / ``ProbeRequest`` / ``CalibrateRequest`` / ``OverheadRequest``: what the
+  runner (or ``fwbench check`` / ``fwbench overhead``) sends a worker process;
+- ``CellRecord``: one line of ``results.jsonl``, what a cell measured (the worker fills the
+  measurements, the runner the identity and the run-level fields); every field is defined
+  once here, with its unit;
+- ``RunMeta``: ``run.json``, the run's configuration, environment, backends (adapter module
+  and source hash) and a snapshot of every task's full definition.
+
+Every results line and ``run.json`` carry ``schema``; a folder written with another schema
+is refused with one line (``load_*`` raise ``FwbenchError``), never half-read. Reports,
+compare and export read the task definitions from the run's own snapshot, not from today's
+``spec.TASKS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from . import spec
+from .errors import FwbenchError
+
+SCHEMA = 2  # 1: fwbench 0.1.0 (untyped); 2: typed records with a schema field
+RESULTS = "results.jsonl"
+RUN_JSON = "run.json"
+
+# Every status a cell can end with.
+STATUSES = {
+    "ok": "finished; every measurement is valid",
+    "failed": "the adapter raised an exception (one line in `error`, the traceback in the log)",
+    "crashed": "the worker died from a signal other than SIGKILL, or exited without a record",
+    "killed": "the worker was killed by SIGKILL from outside fwbench, with no sign of memory "
+              "exhaustion",
+    "oom": "out of memory: the memory limit was hit, the kernel's OOM killer fired during the "
+           "cell, or the worker raised MemoryError",
+    "timeout": "no result within the cell's timeout; killed",
+    "diverged": "the training loss became NaN or infinite; stopped at once",
+}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _json_value(value: Any) -> Any:
+    """Plain JSON types: NumPy scalars/arrays become Python numbers/lists, NaN/inf None,
+    tuples lists, dataclasses dicts; anything else is refused (so a bad field fails here,
+    in the worker, with its name, not later as a corrupt line)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # NumPy scalar or array
+        return _json_value(value.tolist())
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__} {value!r:.60}")
+
+
+def to_json(obj: Any) -> dict[str, Any]:
+    """A record as a JSON-ready dict (NumPy values converted, NaN/inf as null)."""
+    return _json_value(obj)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(to_json(obj), allow_nan=False)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls(**data)`` with nested dataclasses rebuilt and unknown fields refused."""
+    if not isinstance(data, dict):
+        raise FwbenchError(f"{where}: expected an object for {cls.__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise FwbenchError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    hints = _hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _rebuild(hints[name], value, where)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise FwbenchError(f"{where}: {cls.__name__}: {exc}") from None
+
+
+def _rebuild(hint: Any, value: Any, where: str) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _rebuild(inner[0], value, where) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        return [_build(args[0], v, where) for v in value]
+    if origin is dict and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return {k: _build(args[1], v, where) for k, v in value.items()}
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+# ------------------------------------------------------------------ task snapshots
+
+
+def task_to_json(task: spec.Task) -> dict[str, Any]:
+    """A task's full definition as plain JSON: layers and optimizer as {"type": ..., fields}."""
+    out = {}
+    for f in dataclasses.fields(task):
+        value = getattr(task, f.name)
+        if f.name == "layers":
+            value = [{"type": type(layer).__name__, **dataclasses.asdict(layer)} for layer in value]
+        elif f.name == "optimizer":
+            value = {"type": type(value).__name__, **dataclasses.asdict(value)}
+        out[f.name] = _json_value(value)
+    return out
+
+
+def _typed(obj: dict[str, Any], allowed: tuple[type, ...], what: str) -> Any:
+    by_name = {c.__name__: c for c in allowed}
+    kind = obj.get("type")
+    if kind not in by_name:
+        raise FwbenchError(f"unknown {what} type {kind!r} in a task definition")
+    return by_name[kind](**{k: v for k, v in obj.items() if k != "type"})
+
+
+def task_from_json(data: dict[str, Any]) -> spec.Task:
+    """Rebuild a ``spec.Task`` from ``task_to_json`` (a run's snapshot, or a worker request)."""
+    layer_types = tuple(getattr(spec, "LAYER_TYPES", None) or typing.get_args(spec.Layer))
+    opt_types = typing.get_args(spec.Optimizer)
+    fields = dict(data)
+    fields["layers"] = tuple(_typed(x, layer_types, "layer") for x in data["layers"])
+    fields["optimizer"] = _typed(data["optimizer"], opt_types, "optimizer")
+    fields["input_shape"] = tuple(data["input_shape"])
+    fields["notes"] = tuple(data.get("notes") or ())
+    return spec.Task(**fields)
+
+
+# ----------------------------------------------------------------- worker requests
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend as the worker needs it (mirror of ``adapter.Backend``)."""
+
+    name: str
+    adapter: str  # "module:Class"
+    requires: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = "built-in"
+
+
+@dataclass(frozen=True)
+class _Request:
+    mode: ClassVar[str] = ""
+    threads: int
+    cpus: list[int]
+    backend: BackendSpec
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "mode": self.mode, **to_json(self)}
+
+
+@dataclass(frozen=True)
+class TrainRequest(_Request):
+    """Train one cell (``timing_only``: at most ``max_steps`` steps, no evaluation)."""
+
+    mode: ClassVar[str] = "train"
+    task: dict[str, Any] = field(default_factory=dict)  # task_to_json
+    seed: int = 0
+    profile: str = "quick"
+    data_path: str = ""
+    timing_only: bool = False
+    max_steps: int | None = None
+    denormals: str = "flush"  # "flush" | "framework-default" (see the README)
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    task: dict[str, Any]  # task_to_json
+    batches_path: str
+    probe_path: str
+
+
+@dataclass(frozen=True)
+class ProbeRequest(_Request):
+    """The parity probe of ``fwbench check`` for one or more tasks."""
+
+    mode: ClassVar[str] = "probe"
+    seed: int = 0
+    probes: list[ProbeItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CalibrateRequest(_Request):
+    """The float32 GEMM peak of NumPy's BLAS on the run's cores."""
+
+    mode: ClassVar[str] = "calibrate"
+
+
+@dataclass(frozen=True)
+class DriftRequest(_Request):
+    """The fixed reference workload whose change between runs estimates the machine's drift."""
+
+    mode: ClassVar[str] = "drift"
+
+
+@dataclass(frozen=True)
+class OverheadRequest(_Request):
+    """``fwbench overhead``: the harness loop against bare loops on the same adapter."""
+
+    mode: ClassVar[str] = "overhead"
+    task: dict[str, Any] = field(default_factory=dict)
+    data_path: str = ""
+    steps: int = 50
+    blocks: int = 5
+
+
+REQUESTS: dict[str, type[_Request]] = {c.mode: c for c in (TrainRequest, ProbeRequest,
+                                                              CalibrateRequest, DriftRequest,
+                                                              OverheadRequest)}
+Request = typing.Union[TrainRequest, ProbeRequest, CalibrateRequest, DriftRequest, OverheadRequest]
+
+
+def request_from_json(data: dict[str, Any]) -> Request:
+    if data.get("schema") != SCHEMA:
+        raise FwbenchError(f"worker request schema {data.get('schema')} != {SCHEMA}")
+    body = {k: v for k, v in data.items() if k not in ("schema", "mode")}
+    mode = data.get("mode")
+    if mode not in REQUESTS:
+        raise FwbenchError(f"unknown worker mode {mode!r}")
+    return _build(REQUESTS[mode], body, "worker request")
+
+
+# -------------------------------------------------------------------- cell records
+
+
+@dataclass
+class StepTimes:
+    """Steady-state step times of one process in milliseconds (the first step excluded)."""
+
+    p50: float | None = None
+    p90: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class EpochRow:
+    epoch: int
+    train_loss: float | None  # mean training loss over the epoch's steps
+    test_loss: float | None  # mean per-example loss over the whole test set
+    test_accuracy: float | None  # fraction of the test set classified correctly, 0..1
+    wall_s: float  # cumulative training time at the end of this epoch, s (evaluation excluded)
+
+
+def _f(doc: str, unit: str = "", default: Any = None, factory: Any = None) -> Any:
+    meta = {"doc": doc, "unit": unit}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class CellRecord:
+    """One line of ``results.jsonl``: one (task, backend, seed, repeat) worker process."""
+
+    # identity (runner)
+    task: str = _f("task name")
+    backend: str = _f("backend name (a variant or an A/A copy has its own name)")
+    seed: int = _f("seed of the initial weights and the batch order", default=0)
+    repeat: int = _f("0: the training run; >= 1: a timing-only re-run (no evaluation)", default=0)
+    profile: str = _f("profile of the run (smoke, quick, full)", default="")
+    status: str = _f("how the cell ended: " + ", ".join(STATUSES), default="ok")
+    error: str | None = _f("one line: why the cell did not end ok")
+    # results (worker)
+    test_accuracy: float | None = _f("test accuracy after the last epoch", "fraction 0..1")
+    epochs: list[EpochRow] = _f("per epoch: train_loss, test_loss, test_accuracy, wall_s",
+                                factory=list)
+    steps: int | None = _f("training steps run, the first included")
+    train_time_s: float | None = _f("wall time of all training steps with batch gathering, "
+                                    "evaluation excluded", "s")
+    first_step_s: float | None = _f("the first step, with tracing/compilation", "s")
+    step_time_ms: StepTimes = _f("p50, p90, mean, std of the steady-state steps", "ms",
+                                 factory=StepTimes)
+    step_samples_ms: list[float] = _f("up to 256 evenly spaced steady-state step times", "ms",
+                                      factory=list)
+    throughput_samples_s: float | None = _f("batch size / median steady-state step time",
+                                            "samples/s")
+    time_to_target_s: float | None = _f("training time until the test accuracy first reached "
+                                        "the task's target (checked after each epoch)", "s")
+    import_s: float | None = _f("process start to framework imported", "s")
+    data_s: float | None = _f("loading the prepared arrays", "s")
+    setup_s: float | None = _f("model build and weight load", "s")
+    eval_s: float | None = _f("all evaluations", "s")
+    param_count: int | None = _f("trainable parameters of the task")
+    framework_version: str | None = _f("what the adapter reports")
+    flops_per_step: int | None = _f("analytic FLOPs of one training step (3x forward)", "FLOP")
+    achieved_gflops: float | None = _f("flops_per_step / median step time", "GFLOP/s")
+    pct_of_gemm_peak: float | None = _f("achieved_gflops / the run's calibrated GEMM peak", "%")
+    cpu_wall_ratio: float | None = _f("CPU time / wall time of training", "ratio")
+    threads_exceeded: bool | None = _f("cpu_wall_ratio above the thread count (+5%)")
+    baseline_rss_mib: float | None = _f("RSS after imports and data", "MiB")
+    train_peak_rss_mib: float | None = _f("peak RSS during training", "MiB")
+    train_peak_delta_mib: float | None = _f("train_peak_rss_mib - baseline_rss_mib", "MiB")
+    eval_peak_rss_mib: float | None = _f("peak RSS during evaluation", "MiB")
+    peak_rss_mib: float | None = _f("peak RSS of the whole cell", "MiB")
+    memory_timeline: list[list[float]] = _f("[s since process start, RSS MiB] every 0.25 s",
+                                            factory=list)
+    thread_settings: dict[str, Any] = _f("thread settings the framework reports", factory=dict)
+    determinism: dict[str, Any] = _f("determinism switches in force", factory=dict)
+    denormals: dict[str, Any] = _f("denormal floats in the training step: policy, switch (what "
+                                   "the adapter set), flushed (probed: 1e-30 * 1e-10 in the "
+                                   "framework gave 0), nonzero_fraction", factory=dict)
+    # run-level (runner)
+    noise: dict[str, Any] = _f("what else used the cell's cores while it ran: others_cores "
+                               "(other processes' CPU, in cores), steal_fraction, loadavg_1m, "
+                               "busy", factory=dict)
+    threads: int | None = _f("threads of the cell")
+    affinity: list[int] = _f("CPUs the worker was pinned to", factory=list)
+    wall_s: float | None = _f("wall time of the whole worker process", "s")
+    started: str | None = _f("UTC start time, ISO 8601")
+    ended: str | None = _f("UTC end time, ISO 8601")
+    log: str | None = _f("the worker's log file, relative to the run folder")
+
+    MEASURED: ClassVar[tuple[str, ...]] = ()  # set below: the fields a worker may fill
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **to_json(self)}
+
+    @property
+    def ident(self) -> tuple[str, str, int, int]:
+        return (self.task, self.backend, self.seed, self.repeat)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+_RUNNER_FIELDS = ("task", "backend", "seed", "repeat", "profile", "pct_of_gemm_peak", "noise",
+                  "threads", "affinity", "wall_s", "started", "ended", "log")
+CellRecord.MEASURED = tuple(f.name for f in dataclasses.fields(CellRecord)
+                            if f.name not in _RUNNER_FIELDS)
+
+
+def record_fields() -> list[tuple[str, str, str]]:
+    """(name, unit, description) of every ``CellRecord`` field: the README's list."""
+    return [(f.name, f.metadata.get("unit", ""), f.metadata.get("doc", ""))
+            for f in dataclasses.fields(CellRecord)]
+
+
+def measurement(data: dict[str, Any]) -> dict[str, Any]:
+    """A worker's result, checked: only ``CellRecord.MEASURED`` fields, JSON-ready values."""
+    unknown = sorted(set(data) - set(CellRecord.MEASURED))
+    if unknown:
+        raise TypeError(f"worker result has unknown field(s): {', '.join(unknown)}")
+    return to_json(data)
+
+
+def record_from_json(data: dict[str, Any], where: str) -> CellRecord:
+    schema = data.get("schema")
+    if schema != SCHEMA:
+        raise FwbenchError(_schema_message(where, schema))
+    return _build(CellRecord, {k: v for k, v in data.items() if k != "schema"}, where)
+
+
+def _schema_message(where: str, schema: Any) -> str:
+    if schema is None:
+        return (f"{where} was written by an older fwbench (no schema version); this fwbench "
+                f"reads schema {SCHEMA}: re-run it")
+    return f"{where} has schema {schema}; this fwbench reads schema {SCHEMA}"
+
+
+# ---------------------------------------------------------------- results files
+
+
+def append_record(path: Path, record: CellRecord) -> None:
+    """One line, written, flushed and fsynced: a kill leaves at most a torn last line."""
+    line = json.dumps(record.to_json(), allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: Path) -> list[CellRecord]:
+    """The records of a results file; a torn last line (a killed write) is ignored."""
+    if not path.is_file():
+        return []
+    out = []
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # no newline after it: the write was cut short
+                continue
+            raise FwbenchError(f"{path}: line {i + 1} is not JSON; is this an fwbench results file?")
+        if not isinstance(data, dict) or not {"task", "backend", "seed", "status"} <= data.keys():
+            raise FwbenchError(f"{path}: line {i + 1} is not an fwbench record")
+        out.append(record_from_json(data, f"{path}: line {i + 1}"))
+    return out
+
+
+def cut_torn_line(path: Path) -> Path | None:
+    """Before appending: move a torn last line (no newline: a write cut short) to a side file
+    ``results.torn-N.txt`` and truncate the results file after the last whole line. Returns
+    the side file, or None when the file ends cleanly."""
+    if not path.is_file():
+        return None
+    raw = path.read_bytes()
+    if not raw or raw.endswith(b"\n"):
+        return None
+    cut = raw.rfind(b"\n") + 1
+    n = 1
+    while (side := path.with_name(f"results.torn-{n}.txt")).exists():
+        n += 1
+    side.write_bytes(raw[cut:])
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    return side
+
+
+# ------------------------------------------------------------------------ run.json
+
+
+@dataclass
+class BackendInfo:
+    """A backend as the run used it: its packages, options, source and adapter code."""
+
+    requires: dict[str, str]  # distribution -> version
+    options: dict[str, Any]
+    source: str
+    adapter: str  # "module:Class"
+    adapter_sha256: str | None  # of the adapter module's source file
+
+
+@dataclass
+class Calibration:
+    gemm_peak_gflops: float | None
+    threads: int
+    blas: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Resumption:
+    at: str  # UTC, ISO 8601
+    forced: bool  # --force-resume accepted these differences
+    differences: list[str] = field(default_factory=list)
+    torn_line: str | None = None  # side file holding a torn last line that was cut
+
+
+@dataclass
+class DriftProbe:
+    """One process of the fixed reference workload (``worker.drift``)."""
+
+    at: str  # UTC, ISO 8601
+    round: int  # before which round of cells (0: the training runs, r: timing repeat r)
+    median_ms: float | None
+
+
+@dataclass
+class Stopping:
+    """Why a (task, backend) got the number of processes it got."""
+
+    processes: int
+    reason: str
+
+
+@dataclass
+class RunMeta:
+    """``run.json``: the configuration and the environment of a run, and what it ran."""
+
+    created: str
+    fwbench_version: str
+    config: dict[str, Any]  # runner.RunConfig as JSON
+    environment: dict[str, Any]  # environment.capture()
+    backends: dict[str, BackendInfo]
+    tasks: dict[str, dict[str, Any]]  # task name -> task_to_json
+    calibration: Calibration | None = None
+    resumed: list[Resumption] = field(default_factory=list)
+    noise_at_start: dict[str, Any] = field(default_factory=dict)  # noise.Busy, the 1 s probe
+    drift_probes: list[DriftProbe] = field(default_factory=list)
+    stopping: dict[str, Stopping] = field(default_factory=dict)  # "task/backend" -> why
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, **to_json(self)}
+
+    def task(self, name: str) -> spec.Task | None:
+        """The task as this run defined it (None if the run did not snapshot it)."""
+        data = self.tasks.get(name)
+        return task_from_json(data) if data else None
+
+
+def write_meta(run_dir: Path, meta: RunMeta) -> None:
+    path = run_dir / RUN_JSON
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)  # atomic: a kill never leaves half a run.json
+
+
+def load_meta(run_dir: Path) -> RunMeta:
+    path = Path(run_dir) / RUN_JSON
+    if not path.is_file():
+        raise FwbenchError(f"{run_dir} has no {RUN_JSON}: not an fwbench run folder")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise FwbenchError(f"{path} is not JSON") from None
+    if not isinstance(data, dict):
+        raise FwbenchError(f"{path} is not an fwbench run.json")
+    if data.get("schema") != SCHEMA:
+        raise FwbenchError(_schema_message(str(path), data.get("schema")))
+    return _build(RunMeta, {k: v for k, v in data.items() if k != "schema"}, str(path))
+
+
+@dataclass
+class Run:
+    """A run folder as reports, compare and export see it."""
+
+    path: Path
+    meta: RunMeta
+    records: list[CellRecord]
+
+    def task(self, name: str) -> spec.Task | None:
+        return self.meta.task(name)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS).is_file():
+        raise FwbenchError(f"{run_dir} has no {RESULTS}: not an fwbench run folder")
+    found = read_records(run_dir / RESULTS)  # first: a foreign results file is named as such
+    return Run(run_dir, load_meta(run_dir), found)
+
+
+def source_sha256(adapter: str) -> str | None:
+    """sha256 of the source file of an adapter's module ("module:Class"), located, never
+    imported (so no framework is imported to describe a run)."""
+    module = adapter.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if not found or not found.origin or not os.path.isfile(found.origin):
+        return None
+    return hashlib.sha256(Path(found.origin).read_bytes()).hexdigest()
+
+
+def fields_markdown() -> str:
+    """The README's table of record fields, generated from ``CellRecord`` (a test keeps the
+    README equal to it: ``python -m fwbench.harness.records`` prints it)."""
+    rows = ["| field | unit | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | {unit} | {doc} |" for name, unit, doc in record_fields()]
+    rows += ["", "Statuses: " + "; ".join(f"`{k}` {v}" for k, v in STATUSES.items()) + "."]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(fields_markdown(), end="")
