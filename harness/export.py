@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import records
 from .errors import FwbenchError
-from .report import load_results
+from .records import Run
+from .tables import load_results
 
 FORMATS = ("csv", "parquet", "json")
 
 
-def export(run_dir: Path, fmt: str, out: Path) -> list[Path]:
+def export(run_dir: str | Path | Run, fmt: str, out: Path) -> list[Path]:
     """Writes ``cells.<fmt>`` (one row per cell) and ``epochs.<fmt>`` into ``out``."""
     if fmt not in FORMATS:
         raise FwbenchError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -32,18 +34,22 @@ def export(run_dir: Path, fmt: str, out: Path) -> list[Path]:
     return paths
 
 
-def tensorboard(run_dir: Path, logdir: Path) -> int:
+def tensorboard(run_dir: str | Path | Run, logdir: Path) -> int:
     """Per-epoch curves as TensorBoard scalars, one run per (task, backend, seed)."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         raise FwbenchError("--tensorboard needs tensorboardX: pip install 'fwbench[export]'") from None
-    _, epochs = load_results(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else records.load_run(run_dir)
     count = 0
-    for (task, backend, seed), g in epochs.groupby(["task", "backend", "seed"]):
-        with SummaryWriter(str(logdir / f"{task}/{backend}/seed{seed}")) as w:
-            for row in g.itertuples():
+    for r in run.records:
+        if not r.epochs:
+            continue
+        with SummaryWriter(str(logdir / f"{r.task}/{r.backend}/seed{r.seed}")) as w:
+            for e in r.epochs:
                 for tag in ("train_loss", "test_loss", "test_accuracy", "wall_s"):
-                    w.add_scalar(f"{task}/{tag}", float(getattr(row, tag)), int(row.epoch))
-                    count += 1
+                    value = getattr(e, tag)
+                    if value is not None:
+                        w.add_scalar(f"{r.task}/{tag}", float(value), int(e.epoch))
+                        count += 1
     return count

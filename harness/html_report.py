@@ -1,8 +1,8 @@
 """One self-contained HTML report of a run: inline CSS, inline SVG plots, no network.
 
-The numbers come from ``report.analyze`` (the same as the Markdown report); this module only
-draws them (matplotlib, Agg, SVG) and fills ``templates/report.html.j2`` (jinja2).
-Never imports a framework.
+The numbers come from ``analysis.analyze`` (the same ``Analysis`` as the Markdown report),
+the words from ``verdict``; this module only draws them (matplotlib, Agg, SVG) and fills
+``templates/report.html.j2`` (jinja2). Never imports a framework.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import report, stats
-from .report import Analysis, TaskResult, num, pct
+from . import verdict as words
+from .analysis import Analysis, BackendResult, Run, TaskResult, as_analysis, missing
+from .verdict import num, pct
 
 TEMPLATES = Path(__file__).parent / "templates"
 # matplotlib's tab10, fixed here so table swatches and plot lines share one colour per backend
@@ -71,27 +72,13 @@ def _figure():
     return fig, fig.add_subplot()
 
 
-def _epoch_curves(a: Analysis, task: str) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    """backend -> epoch -> [(test accuracy, cumulative training s), one per seed]."""
-    out: dict[str, dict[int, list[tuple[float, float]]]] = {}
-    for r in a.records:
-        if r["task"] != task or r["status"] != "ok" or r.get("repeat", 0):
-            continue
-        for e in r.get("epochs") or []:
-            if e.get("test_accuracy") is None:
-                continue
-            out.setdefault(r["backend"], {}).setdefault(e["epoch"], []).append(
-                (e["test_accuracy"], e.get("wall_s")))
-    return out
-
-
 def _accuracy_plot(a: Analysis, t: TaskResult, colors: dict[str, str], by_time: bool) -> str | None:
-    curves = _epoch_curves(a, t.task)
+    curves = {r.backend: r.curves for r in t.rows if r.curves}
     if not curves:
         return None
     fig, ax = _figure()
     seen: list[float] = []
-    shown = [r.backend for r in t.rows if r.backend in curves]
+    shown = list(curves)
     for i, b in enumerate(shown):
         epochs = sorted(curves[b])
         acc = [[v[0] * 100 for v in curves[b][e]] for e in epochs]
@@ -115,7 +102,7 @@ def _accuracy_plot(a: Analysis, t: TaskResult, colors: dict[str, str], by_time: 
     if t.target is not None and seen:
         # the target line only where it does not squash the curves into a corner
         target, span = t.target * 100, max(max(seen) - min(seen), 2.0)
-        label = f"target {report.pct_target(t.target)}"
+        label = f"target {words.pct_target(t.target)}"
         if min(seen) - span <= target <= max(seen) + span:
             ax.axhline(target, color="#444444", linestyle="--", linewidth=0.9)
             ax.annotate(label, (0.01, target), xycoords=("axes fraction", "data"), va="bottom",
@@ -163,16 +150,12 @@ def _throughput_plot(t: TaskResult, colors: dict[str, str]) -> str | None:
 def _memory_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | None:
     fig, ax = _figure()
     drawn = False
-    for b in [r.backend for r in t.rows]:
-        runs = sorted((r for r in a.records if r["task"] == t.task and r["backend"] == b
-                       and not r.get("repeat", 0) and r.get("memory_timeline")),
-                      key=lambda r: (r["status"] != "ok", r["seed"]))
-        if not runs:
+    for r in t.rows:
+        tl = np.asarray(r.memory_timeline, dtype=float)
+        if tl.ndim != 2 or len(tl) == 0 or tl.shape[1] < 2:
             continue
-        tl = np.asarray(runs[0]["memory_timeline"], dtype=float)
-        if tl.ndim != 2 or tl.shape[1] < 2:
-            continue
-        ax.plot(tl[:, 0], tl[:, 1], color=colors[b], linewidth=1.6, label=f"{b} (seed {runs[0]['seed']})")
+        ax.plot(tl[:, 0], tl[:, 1], color=colors[r.backend], linewidth=1.6,
+                label=f"{r.backend} (seed {r.memory_seed})")
         drawn = True
     if not drawn:
         return None
@@ -183,19 +166,28 @@ def _memory_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | No
     return _svg(fig, f"{t.task}-memory", f"{t.task}: memory over time")
 
 
+def scatter_points(t: TaskResult) -> list[tuple[BackendResult, list[tuple[float, float]]]]:
+    """What the scatter draws, all from the analysis: per backend its throughput and accuracy
+    (the big marker: ``BackendResult.throughput``, the same figure as the tables) and its
+    processes' ``Point``s (small dots, by the same definition), accuracies in %."""
+    out = []
+    for r in t.rows:
+        if r.throughput is None or r.accuracy is None:
+            continue
+        out.append((r, [(p.throughput, p.accuracy * 100) for p in r.points
+                        if p.throughput is not None and p.accuracy is not None]))
+    return out
+
+
 def _scatter_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | None:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    rows = [r for r in t.rows if r.throughput is not None and r.accuracy is not None]
-    if not rows:
+    shown = scatter_points(t)
+    if not shown:
         return None
     fig, ax = _figure()
     xs = []
-    for r in rows:
-        seeds = [(x["throughput_samples_s"], x["test_accuracy"] * 100) for x in a.records
-                 if x["task"] == t.task and x["backend"] == r.backend and x["status"] == "ok"
-                 and not x.get("repeat", 0) and x.get("test_accuracy") is not None
-                 and x.get("throughput_samples_s")]
+    for r, seeds in shown:
         m = _marker(a, r.backend)
         if len(seeds) > 1:
             ax.scatter(*zip(*seeds), color=colors[r.backend], marker=m, alpha=0.35, s=14, linewidths=0)
@@ -211,7 +203,7 @@ def _scatter_plot(a: Analysis, t: TaskResult, colors: dict[str, str]) -> str | N
         ax.set_xlim(0, max(xs) * 1.15)
     ax.xaxis.set_major_formatter(FuncFormatter(_short))
     ax.legend(loc="best")
-    ax.set_xlabel("throughput (samples/s)")
+    ax.set_xlabel("throughput (samples/s: batch / median step)")
     ax.set_ylabel("test accuracy (%)")
     return _svg(fig, f"{t.task}-scatter", f"{t.task}: accuracy against speed")
 
@@ -227,41 +219,40 @@ def task_plots(a: Analysis, t: TaskResult, colors: dict[str, str]) -> list[dict[
          lambda: _throughput_plot(t, colors)),
         ("Memory over time", "resident set size of the worker, repeat 0, first seed",
          lambda: _memory_plot(a, t, colors)),
-        ("Accuracy against speed", "up and right is better; small dots: single seeds",
+        ("Accuracy against speed", "up and right is better; small dots: single seeds (each its own median step)",
          lambda: _scatter_plot(a, t, colors)),
     ]
     return [{"title": title, "note": note, "svg": draw()} for title, note, draw in made]
 
 
 def _cell(text: str, sort: Any = None, ci: str = "", cls: str = "num") -> dict[str, Any]:
-    return {"text": text, "ci": ci, "sort": "" if report.missing(sort) else sort, "cls": cls}
+    return {"text": text, "ci": ci, "sort": "" if missing(sort) else sort, "cls": cls}
 
 
 def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:
-    """The ranked table as cells: shown text, CI (or ''), sort key."""
-    text = {r["backend"]: r for r in report.task_rows(t)}
+    """The ranked table as cells: shown text (the Markdown table's), CI (or ''), sort key."""
     out = []
     for r in t.rows:
-        tr = text[r.backend]
         out.append([
-            _cell(tr["#"], r.position),
+            _cell(str(r.position or "–"), r.position),
             _cell(r.backend, cls="backend"),
-            _cell(tr["to target s"], r.to_target_s),
-            _cell(num(r.throughput), r.throughput, report.ci_text(r.throughput_ci)),
-            _cell(pct(r.accuracy), r.accuracy, report.ci_text(r.accuracy_ci, pct)),
+            _cell(words.target_text(t, r), r.to_target_s),
+            _cell(num(r.throughput), r.throughput, words.ci_text(r.throughput_ci)),
+            _cell(pct(r.accuracy), r.accuracy, words.ci_text(r.accuracy_ci, pct)),
             _cell(num(r.first_step_s), r.first_step_s),
-            _cell(num(r.step_p50), r.step_p50, report.ci_text(r.step_ci)),
+            _cell(num(r.step_p50), r.step_p50, words.ci_text(r.step_ci)),
             _cell(num(r.step_p90), r.step_p90),
             _cell(num(r.peak_mib), r.peak_mib),
             _cell(num(r.start_s), r.start_s),
-            _cell(tr["status"], r.ok / r.cells if r.cells else 0, cls="status" + (" bad" if r.statuses else "")),
+            _cell(words.status_text(r), r.ok / r.cells if r.cells else 0,
+                  cls="status" + (" bad" if r.statuses else "")),
         ])
     return out
 
 
 COLUMNS = [("#", "place: time to target, then throughput"), ("backend", ""),
            ("to target s", "training time until the target accuracy (median over seeds)"),
-           ("samples/s", "steady-state throughput: batch / median step time"),
+           ("samples/s", "steady-state " + words.THROUGHPUT),
            ("test acc", "final test accuracy, median over seeds"),
            ("first step s", "the first step, with tracing or compilation"),
            ("step p50 ms", "median steady-state step"), ("step p90 ms", "90th percentile step"),
@@ -269,31 +260,39 @@ COLUMNS = [("#", "place: time to target, then throughput"), ("backend", ""),
            ("start s", "import + setup + first step"), ("cells", "finished / planned")]
 
 
-def html_report(run_dir: str | Path) -> str:
-    """The whole report as one HTML string (write it anywhere; it fetches nothing)."""
+def _picks(a: Analysis) -> list[dict[str, Any]]:
+    return [{"criterion": p.criterion, "winners": p.winners, "note": words.pick_note(p),
+             "per_task": {t.task: words.pick_cell(p, t.task) for t in a.tasks} if p.per_task else {}}
+            for p in a.picks]
+
+
+def _code(text: str) -> Any:
+    """Escaped text with its `backticked` names as <code>."""
+    from markupsafe import Markup
+
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text)))
+
+
+def html_report(source: str | Path | Run | Analysis) -> str:
+    """The whole report as one HTML string (write it anywhere; it fetches nothing). Pass the
+    ``Analysis`` when you have it (it is not recomputed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    a = report.analyze(run_dir)
+    a = as_analysis(source)
     colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(a.backends)}
     with matplotlib.rc_context(STYLE):
-        sections = [{"t": t, "rows": table_rows(t), "plots": task_plots(a, t, colors) if t.finished else []}
+        sections = [{"t": t, "verdict": words.verdict(t), "rows": table_rows(t),
+                     "plots": task_plots(a, t, colors) if t.finished else []}
                     for t in a.tasks]
-    cfg = a.meta.get("config") or {}
-    env = a.meta.get("environment") or {}
-    versions = {}
-    for b in a.backends:
-        info = (a.meta.get("backends") or {}).get(b) or {}
-        found = {r.get("framework_version") for r in a.records if r["backend"] == b and r.get("framework_version")}
-        versions[b] = ", ".join(sorted(found)) or ", ".join(f"{k} {v}" for k, v in (info.get("requires") or {}).items())
     jenv = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["j2", "html"]),
                        trim_blocks=True, lstrip_blocks=True)
-    jenv.filters["pct_target"] = report.pct_target
+    jenv.filters["code"] = _code
     return jenv.get_template("report.html.j2").render(
-        a=a, sections=sections, colors=colors, columns=COLUMNS, meta_lines=report.meta_lines(a.meta),
-        versions=versions, sources={b: ((a.meta.get("backends") or {}).get(b) or {}).get("source", "")
-                                    for b in a.backends},
-        cfg=cfg, env=env, seeds=len(cfg.get("seeds") or []) or len({r["seed"] for r in a.records}),
-        repeats=cfg.get("repeats", 1), alpha=stats.ALPHA)
+        a=a, sections=sections, colors=colors, columns=COLUMNS, picks=_picks(a),
+        meta_lines=words.meta_lines(a.meta), facts={t.task: words.task_facts(t) for t in a.tasks},
+        sources={b: a.meta.backends[b].source if b in a.meta.backends else "" for b in a.backends},
+        cfg=a.meta.config, env=a.meta.environment, method=words.METHOD, pair_test=words.PAIR_TEST,
+        alpha=words.ALPHA)

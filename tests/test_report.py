@@ -1,49 +1,101 @@
-"""The Markdown and HTML reports, on the checked-in fixture runs (no framework needed)."""
+"""The analysis, the Markdown and HTML reports and the terminal tables, on the fixture runs.
 
+The fixtures are real runs (``python scripts/make_fixtures.py`` rewrites them); a test that
+needs a variant derives it here, in a temporary folder, with fwbench's own record writers.
+"""
+
+import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from fwbench.harness import report
-from fwbench.harness.html_report import html_report
+from rich.console import Console
 
-FIX = Path(__file__).parent / "fixtures"
-SINGLE, SEEDS = FIX / "run-single", FIX / "run-seeds"
+from fwbench.harness import analysis, records, report, spec, terminal, verdict
+from fwbench.harness.html_report import html_report, scatter_points
+
+TESTS = Path(__file__).parent
+FIX = TESTS / "fixtures"
+SINGLE, RUN_A, RUN_B = FIX / "run-single", FIX / "run-a", FIX / "run-b"
+FAST, SLOW = "numpy-learner", "numpy-learner-slow"
 FRAMEWORKS = ("torch", "tensorflow", "jax", "flax", "mindspore", "keras", "optax")
 CHROMIUM = Path("/usr/bin/chromium")
 PLOTS_PER_TASK = 5  # accuracy by epoch, by time, throughput, memory, accuracy vs speed
+REGENERATE = "regenerate the fixtures: python scripts/make_fixtures.py"
+TIMEOUT = records.load_meta(SINGLE).config["timeout_s"]  # of run-single's hanging cell
+
+
+def derived_run(tmp_path: Path, src: Path, name: str, edit=None, edit_meta=None) -> Path:
+    """A copy of the run ``src`` written with fwbench's own writers; ``edit(record)`` may
+    change a record in place or return False to drop it, ``edit_meta(meta)`` run.json."""
+    run = records.load_run(src)
+    out = tmp_path / name
+    out.mkdir()
+    if edit_meta:
+        edit_meta(run.meta)
+    records.write_meta(out, run.meta)
+    for r in run.records:
+        if edit is None or edit(r) is not False:
+            records.append_record(out / records.RESULTS, r)
+    return out
+
+
+def renamed_run(tmp_path: Path, src: Path, names: dict[str, str]) -> Path:
+    """``src`` with its backends renamed (the longest built-in names, for the width tests)."""
+    def meta(m):
+        m.config["backends"] = [names[b] for b in m.config["backends"]]
+        m.backends = {names[b]: info for b, info in m.backends.items()}
+
+    def rename(r):
+        r.backend = names[r.backend]
+
+    return derived_run(tmp_path, src, f"renamed-{src.name}", rename, meta)
 
 
 def synthetic_run(tmp_path: Path) -> Path:
-    """run-seeds reshaped: 3 epochs, torch reaches the mlp target on one seed of two,
-    tensorflow on both; lenet/tensorflow lost its epochs, lenet/torch its memory timeline."""
-    run = tmp_path / "run-synthetic"
-    run.mkdir()
-    shutil.copy(SEEDS / "run.json", run / "run.json")
-    out = []
-    for line in (SEEDS / "results.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if r["task"] == "mlp" and r["status"] == "ok" and not r["repeat"]:
-            fast = r["backend"] == "tensorflow"
-            accs = [0.95, 0.979, 0.983] if fast or r["seed"] == 0 else [0.94, 0.97, 0.978]
-            step = 0.5 if fast else 1.5
-            r["epochs"] = [{"epoch": i + 1, "train_loss": 0.3 / (i + 1), "test_loss": 0.2 / (i + 1),
-                            "test_accuracy": a + 0.002 * r["seed"] * fast, "wall_s": step * (i + 1)}
-                           for i, a in enumerate(accs)]
-            r["test_accuracy"] = r["epochs"][-1]["test_accuracy"]
-            r["time_to_target_s"] = 3 * step if r["test_accuracy"] >= 0.98 else None
-        if r["task"] == "lenet" and r["backend"] == "tensorflow":
-            r.pop("epochs", None)
-        if r["task"] == "lenet" and r["backend"] == "torch":
-            r.pop("memory_timeline", None)
-        out.append(json.dumps(r))
-    (run / "results.jsonl").write_text("\n".join(out) + "\n")
-    return run
+    """run-a reshaped: 3 epochs on mlp, where the slow backend reaches the 98% target on both
+    seeds and the fast one on one seed of two; lenet/slow lost its epochs, lenet/fast its
+    memory timeline."""
+    def edit(r):
+        if r.task == "mlp" and r.ok and not r.repeat:
+            slow = r.backend == SLOW
+            accs = [0.95, 0.979, 0.983] if slow or r.seed == 0 else [0.94, 0.97, 0.978]
+            step = 0.5 if slow else 1.5
+            r.epochs = [records.EpochRow(i + 1, 0.3 / (i + 1), 0.2 / (i + 1),
+                                         a + 0.002 * r.seed * slow, step * (i + 1))
+                        for i, a in enumerate(accs)]
+            r.test_accuracy = r.epochs[-1].test_accuracy
+            r.time_to_target_s = 3 * step if r.test_accuracy >= 0.98 else None
+        if r.task == "lenet" and r.backend == SLOW:
+            r.epochs = []
+        if r.task == "lenet" and r.backend == FAST:
+            r.memory_timeline = []
+
+    return derived_run(tmp_path, RUN_A, "run-synthetic", edit)
+
+
+def fwbench(*args, columns=200, env=None):
+    return subprocess.run([sys.executable, "-m", "fwbench.harness.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": str(columns), **(env or {})})
+
+
+def section(md: str, task: str) -> str:
+    return md.split(f"## {task}: ")[1].split("\n## ")[0]
+
+
+def table(md_section: str) -> list[dict[str, str]]:
+    """The first Markdown table of a section as rows of cells."""
+    lines = [x for x in md_section.splitlines() if x.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in x.strip("|").split("|")))) for x in lines[2:]]
 
 
 class _Parser(HTMLParser):
@@ -79,106 +131,325 @@ def parse(html: str) -> _Parser:
     return p
 
 
-def render(run: Path) -> str:
+def render(run) -> str:
     pytest.importorskip("matplotlib", reason="the HTML report draws its plots with matplotlib")
     pytest.importorskip("jinja2", reason="the HTML report is a jinja2 template")
     return html_report(run)
+
+
+# ------------------------------------------------------------------ the fixtures themselves
+
+
+@pytest.mark.parametrize("run", [SINGLE, RUN_A, RUN_B])
+def test_fixtures_are_what_the_runner_wrote(run):
+    """Every line reads as a current record, and the facts agree with each other (the old
+    hand-edited fixture had a "600 s" timeout that took 4.2 s)."""
+    loaded = records.load_run(run)
+    timeout = loaded.meta.config["timeout_s"]
+    assert loaded.records and all(r.log and (run / r.log).is_file() for r in loaded.records)
+    for r in loaded.records:
+        assert r.task in loaded.meta.tasks and r.backend in loaded.meta.backends
+        if r.status == "timeout":
+            assert r.error == f"no result after {timeout:g} s; killed" and r.wall_s >= timeout
+        if r.ok:
+            task = loaded.task(r.task)
+            assert r.wall_s < timeout
+            # the worker's one definition: the batch (of the run's task) / the median step
+            assert r.throughput_samples_s == pytest.approx(task.batch_size / r.step_time_ms.p50 * 1e3)
+
+
+# ------------------------------------------------------------------ a run's own definitions
+
+
+def test_the_run_s_own_task_definitions_are_reported(monkeypatch):
+    """run-single was recorded with mlp at target 85%, batch 100: that is what the report
+    says, whatever today's spec.TASKS holds."""
+    today = spec.TASKS["mlp"]
+    assert (today.target_accuracy, today.batch_size) != (0.85, 100), "the test would prove nothing"
+    monkeypatch.setitem(spec.TASKS, "mlp", dataclasses.replace(
+        today, target_accuracy=0.5, batch_size=7, description="TODAY'S DEFINITION"))
+    a = analysis.analyze(SINGLE)
+    mlp = a.tasks[0]
+    assert (mlp.task, mlp.target, mlp.batch) == ("mlp", 0.85, 100)
+    md = report.markdown_report(a)
+    text = section(md, "mlp")
+    assert "TODAY" not in md and "50% target" not in md
+    assert text.startswith("MLP 784-512-10 on MNIST (as this fixture's run defined it")
+    assert "_target accuracy 85%, batch 100;" in text
+    assert f"Fastest to the 85% target: {FAST} in " in text
+    fast = next(r for r in mlp.rows if r.backend == FAST)
+    assert fast.to_target_s is not None and fast.position == 1
+    assert fast.throughput == pytest.approx(100 / fast.step_p50 * 1e3)  # the run's batch
+    html = render(a)
+    assert "target accuracy 85%, batch 100" in html and "TODAY" not in html
+
+
+# ------------------------------------------------------------------ Markdown
 
 
 def test_reports_import_no_framework():
     """In a fresh process (other tests may have imported torch into this one)."""
     pytest.importorskip("matplotlib")
     code = ("import sys; from fwbench.harness import report, html_report; "
-            f"[report.markdown_report(r) + html_report.html_report(r) for r in {[str(SEEDS), str(SINGLE)]!r}]; "
+            f"[report.markdown_report(r) + html_report.html_report(r) for r in {[str(RUN_A), str(SINGLE)]!r}]; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FRAMEWORKS!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 
 
-# ------------------------------------------------------------------ Markdown
-
-
-def test_markdown_has_ranked_tables_verdicts_and_failures():
-    md = report.markdown_report(SEEDS)
-    for task in ("mlp", "lenet", "lstm"):
+def test_markdown_has_ranked_tables_verdicts_and_intervals():
+    md = report.markdown_report(RUN_A)
+    for task in ("mlp", "lenet"):
         assert f"## {task}: " in md
     assert "## Which framework for what" in md
     assert "| # | backend | to target s | samples/s | test acc |" in md
-    # tensorflow is ~7x faster per step in this fixture, significantly
-    mlp = md.split("## mlp: ")[1].split("## lenet")[0]
-    assert mlp.index("| 1 | tensorflow |") < mlp.index("| 2 | torch |")
-    assert "Highest steady-state throughput: tensorflow" in mlp and "is significant" in mlp
-    assert "No backend reached the 98% target" in mlp
-    # two seeds: CIs in brackets
-    assert re.search(r"87\.15% \[86\.80%, 87\.50%\]", mlp)
-    # the task whose cells all failed
-    assert "No backend finished lstm: tensorflow failed, torch timeout." in md
-    assert "lstm / tensorflow / seed 0: **failed**: ValueError: an injected failure for the report tests" in md
-    assert "lstm / torch / seed 0: **timeout**: no result after 600 s; killed" in md
-    assert "| mlp | torch | 4/4 |" in md  # the full table stays
+    # the slow backend sleeps 3 ms per lenet step, the fast one 1 ms: over 6 processes each
+    lenet = section(md, "lenet")
+    rows = table(lenet)
+    assert [(r["#"], r["backend"]) for r in rows] == [("1", FAST), ("2", SLOW)]
+    assert f"Highest steady-state throughput: {FAST}" in lenet
+    assert "the step-time difference is significant" in lenet
+    # several processes: intervals in brackets on the step time and the throughput
+    for r in rows:
+        assert re.fullmatch(r"[\d.,]+ \[[\d.,]+, [\d.,]+\]", r["step p50 ms"]), r
+        assert re.fullmatch(r"[\d.,]+ \[[\d.,]+, [\d.,]+\]", r["samples/s"]), r
+    assert "No backend reached the 98% target" in section(md, "mlp")
+    n = sum((r.task, r.backend) == ("mlp", FAST) for r in records.load_run(RUN_A).records)
+    assert n >= 6 and f"| mlp | {FAST} | {n}/{n} |" in md  # the full table stays
+    assert "Cells that did not finish" not in md
 
 
-def test_markdown_single_seed_has_no_ci_brackets():
+def test_markdown_single_run_has_no_intervals_and_lists_failures():
     md = report.markdown_report(SINGLE)
     for task in ("mlp", "lenet", "lstm"):
         assert f"## {task}: " in md
     table_lines = [x for x in md.splitlines() if x.startswith("|")]
     assert len(table_lines) > 10
     assert not any(re.search(r"\[\d", x) for x in table_lines), "a single run must not get an interval"
-    assert "Cells that did not finish" not in md
-    assert "from one run each" in md
-    rows = report.summary_rows(SINGLE)
+    # never a bare "significant" from one process each
+    assert "from one run each" in md or "too few runs to test" in md
+    # the task whose cells all failed, with each cell's one-line error
+    assert f"No backend finished lstm: {FAST} failed, {SLOW} timeout." in md
+    assert (f"lstm / {FAST} / seed 0: **failed**: ValueError: an injected failure for the report "
+            "fixtures (lstm) (second line of the message)") in md
+    assert f"lstm / {SLOW} / seed 0: **timeout**: no result after {TIMEOUT:g} s; killed" in md
+    a = analysis.analyze(SINGLE)
+    rows = verdict.summary_rows(a)
     assert {(r["task"], r["backend"]) for r in rows} == {(t, b) for t in ("mlp", "lenet", "lstm")
-                                                         for b in ("torch", "tensorflow")}
+                                                         for b in (FAST, SLOW)}
     assert all("[" not in v for r in rows for v in r.values())
 
 
+def test_markdown_states_the_throughput_definition_once():
+    md = report.markdown_report(RUN_A)
+    assert md.count(verdict.THROUGHPUT) == 1
+    assert md.count("batch size / median steady-state step time") == 1
+
+
 def test_which_framework_for_what_from_the_numbers():
-    a = report.analyze(SINGLE)
+    a = analysis.analyze(RUN_A)
     picks = {p.criterion: p for p in a.picks}
     assert set(picks) >= {"fastest to target", "highest throughput", "lowest peak memory", "fastest start"}
-    assert picks["fastest to target"].winners == []  # smoke profile: no target reached
-    assert picks["highest throughput"].winners == ["torch"] and picks["highest throughput"].note == "2 of 3 tasks"
-    assert picks["lowest peak memory"].winners == ["torch"]
-    lstm = next(t for t in a.tasks if t.task == "lstm")
-    torch_row = next(r for r in lstm.rows if r.backend == "torch")
-    assert torch_row.start_s == pytest.approx(
-        sum(json.loads(x)[k] for x in (SINGLE / "results.jsonl").read_text().splitlines()
-            if '"lstm", "backend": "torch"' in x for k in ("import_s", "setup_s", "first_step_s")))
+    assert picks["fastest to target"].winners == []  # 98%: not reached in one smoke epoch
+    assert verdict.pick_overall(picks["fastest to target"]) == "no backend reached a target"
+    tp = picks["highest throughput"]
+    assert tp.winners == [FAST] and verdict.pick_note(tp) == "2 of 2 tasks"
+    assert verdict.pick_cell(tp, "lenet").startswith(f"{FAST} (")
+    single = {p.criterion: p for p in analysis.analyze(SINGLE).picks}
+    assert single["fastest to target"].winners == [FAST]  # the run's own 85% target
+    assert verdict.pick_note(single["fastest to target"]) == "1 of 1 task"
+    rec = next(r for r in records.load_run(SINGLE).records if (r.task, r.backend) == ("mlp", SLOW))
+    row = next(r for r in analysis.analyze(SINGLE).tasks[0].rows if r.backend == SLOW)
+    assert row.start_s == pytest.approx(rec.import_s + rec.setup_s + rec.first_step_s)
 
 
 def test_time_to_target_ranks_first(tmp_path):
-    a = report.analyze(synthetic_run(tmp_path))
+    a = analysis.analyze(synthetic_run(tmp_path))
     mlp = next(t for t in a.tasks if t.task == "mlp")
-    tf, torch = mlp.rows
-    assert (tf.backend, tf.to_target_s, tf.reached) == ("tensorflow", 1.5, 2)
+    first, second = mlp.rows
+    # the slower backend (lower throughput) reaches the target first on both seeds: first
+    assert (first.backend, first.to_target_s, first.reached) == (SLOW, 1.5, 2)
+    assert first.throughput < second.throughput
     # one seed of two never got there: the median counts it as never
-    assert (torch.backend, torch.to_target_s, torch.reached) == ("torch", None, 1)
-    assert mlp.verdict[0].startswith("Fastest to the 98% target: tensorflow in 1.50 s (torch not reached)")
-    assert next(p for p in a.picks if p.criterion == "fastest to target").winners == ["tensorflow"]
+    assert (second.backend, second.to_target_s, second.reached) == (FAST, None, 1)
+    assert verdict.verdict(mlp)[0].startswith(f"Fastest to the 98% target: {SLOW} in 1.50 s ({FAST} not reached)")
+    assert next(p for p in a.picks if p.criterion == "fastest to target").winners == [SLOW]
 
 
-def test_adapter_sizes_without_importing_frameworks():
-    a = report.analyze(SEEDS)
-    for name in ("torch", "tensorflow"):
+def test_adapter_sizes_without_importing_frameworks(tmp_path):
+    a = analysis.analyze(RUN_A)
+    source = TESTS / "fixture_backends.py"
+    for name in (FAST, SLOW):
         info = a.adapters[name]
-        assert info["module"] and info["loc"] and 20 < info["loc"] < 1000
+        assert info.module == "fixture_backends" and Path(info.path) == source
+        assert info.loc == analysis.count_loc(source)
+        assert info.changed is False, REGENERATE  # the adapter file the run used
+    assert f"{FAST} {analysis.count_loc(source)}," in report.markdown_report(a)
+    # an adapter edited since the run is flagged
+    def edit(meta):
+        meta.backends[FAST].adapter_sha256 = "0" * 64
+    changed = analysis.analyze(derived_run(tmp_path, RUN_A, "edited", edit_meta=edit))
+    assert changed.adapters[FAST].changed is True
+    assert f"{FAST} {changed.adapters[FAST].loc} (changed since the run)" in report.markdown_report(changed)
     # an unknown backend is reported, not fatal
-    assert report.adapter_sizes(["no-such-backend"], {})["no-such-backend"]["loc"] is None
+    assert analysis.adapter_sizes(["no-such-backend"], a.meta)["no-such-backend"].loc is None
 
 
 def test_count_loc_skips_blanks_comments_docstrings(tmp_path):
     f = tmp_path / "m.py"
     f.write_text('"""Doc\nstring."""\n\n# comment\nimport os  # trailing\n\n'
                  'def f():\n    """One line."""\n    return 1\n')
-    assert report.count_loc(f) == 3
+    assert analysis.count_loc(f) == 3
+
+
+def test_the_analysis_is_computed_once(monkeypatch):
+    """The renderers draw a given Analysis; they never analyse again."""
+    a = analysis.analyze(RUN_A)
+    calls = []
+    monkeypatch.setattr(analysis, "analyze", lambda *args: calls.append(args))
+    report.markdown_report(a)
+    render(a)
+    verdict.summary_rows(a)
+    verdict.significance_lines(a)
+    assert calls == []
+
+
+# ------------------------------------------------------------------ one throughput
+
+
+@pytest.mark.parametrize("run", [RUN_A, SINGLE])
+def test_throughput_is_one_definition_in_markdown_html_and_scatter(run):
+    a = analysis.analyze(run)
+    md = report.markdown_report(a)
+    html = render(a)
+    by_record = {}
+    for r in a.records:
+        if r.ok and not r.repeat and r.test_accuracy is not None:
+            by_record.setdefault((r.task, r.backend), []).append(r.throughput_samples_s)
+    for t in a.tasks:
+        md_rows = {r["backend"]: r for r in table(section(md, t.task))}
+        html_task = html.split(f'id="task-{t.task}"')[1].split("</table>")[0]
+        html_cells = re.findall(r'<td class="num" data-v="([^"]*)">([^<]*)', html_task)
+        drawn = {r.backend: dots for r, dots in scatter_points(t)}
+        for r in t.finished:
+            # batch (of the run's task) / median step
+            assert r.throughput == pytest.approx(t.batch / r.step_p50 * 1e3)
+            shown = verdict.num(r.throughput)
+            assert md_rows[r.backend]["samples/s"].split(" [")[0] == shown
+            # the HTML table shows the same figure, and sorts on it
+            assert (str(r.throughput), shown) in html_cells
+            # the scatter: the same figure for the backend, each process's median for a dot
+            # (the worker's throughput_samples_s), never a mean-based one
+            assert [x for x, _ in drawn[r.backend]] == pytest.approx(by_record[(t.task, r.backend)])
+            assert [p.throughput for p in r.points] == pytest.approx(by_record[(t.task, r.backend)])
+    assert verdict.THROUGHPUT in unescape(html)
+
+
+# ------------------------------------------------------------------ schema
+
+
+@pytest.mark.parametrize("schema,message", [
+    (1, "line 1 has schema 1; this fwbench reads schema 2"),
+    (None, "line 1 was written by an older fwbench (no schema version)"),
+])
+def test_a_results_line_of_another_schema_is_one_line_and_exit_2(tmp_path, schema, message):
+    run = tmp_path / "old"
+    shutil.copytree(SINGLE, run)
+    lines = (run / "results.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    if schema is None:
+        del first["schema"]
+    else:
+        first["schema"] = schema
+    (run / "results.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    for command in (["report", run], ["export", run, "--out", tmp_path / "x"], ["compare", run, RUN_A]):
+        r = fwbench(*command)
+        assert r.returncode == 2, (command, r.stderr)
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+    assert not (run / "report.md").exists()
+
+
+def test_a_run_json_without_schema_is_refused(tmp_path):
+    run = tmp_path / "old"
+    shutil.copytree(SINGLE, run)
+    meta = json.loads((run / "run.json").read_text())
+    del meta["schema"]
+    (run / "run.json").write_text(json.dumps(meta))
+    r = fwbench("report", run)
+    assert r.returncode == 2 and "run.json was written by an older fwbench" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ 80 columns
+
+
+def rendered(table, width=80) -> list[str]:
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def assert_names_whole(lines: list[str], pairs: set[tuple[str, str]]):
+    assert max(map(len, lines)) <= 80, "\n".join(lines)
+    for task, backend in pairs:
+        pattern = rf"(^|\s){re.escape(task)}\s+{re.escape(backend)}(\s|$)"
+        assert any(re.search(pattern, x) for x in lines), f"{task} {backend} cut:\n" + "\n".join(lines)
+
+
+LONGEST = {FAST: "mindspore-pynative", SLOW: "tensorflow-xla"}
+
+
+@pytest.mark.parametrize("run", [SINGLE, RUN_A])
+def test_run_summary_fits_80_columns_with_whole_names(tmp_path, run):
+    for source in (run, renamed_run(tmp_path, run, LONGEST)):
+        a = analysis.analyze(source)
+        lines = rendered(terminal.summary_table(a, f"summary ({source})"))
+        assert_names_whole(lines, {(t.task, r.backend) for t in a.tasks for r in t.rows})
+
+
+def test_compare_fits_80_columns_with_whole_names(tmp_path):
+    a, b = renamed_run(tmp_path, RUN_A, LONGEST), renamed_run(tmp_path, RUN_B, LONGEST)
+    r = fwbench("compare", a, b, columns=80)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert_names_whole(lines, {(t, n) for t in ("mlp", "lenet") for n in LONGEST.values()})
+
+
+PLUGIN = """\
+from fwbench.harness.adapter import Backend
+FAST = Backend("{fast}", "fixture_backends:Toy", ("numpy",), {{"sleep_ms": 1.0}}, "toy", "test")
+SLOW = Backend("{slow}", "fixture_backends:Toy", ("numpy",), {{"sleep_ms": 3.0}}, "toy", "test")
+"""
+
+
+def test_fwbench_run_prints_a_summary_that_fits_80_columns(tmp_path):
+    """A real ``fwbench run`` of two toy backends registered as a plugin (a dist-info on
+    PYTHONPATH, nothing installed), in an 80-column terminal."""
+    site = tmp_path / "site"
+    dist = site / "fixture_toys-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fixture-toys\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[fwbench.backends]\n{FAST} = fixture_toys:FAST\n"
+                                           f"{SLOW} = fixture_toys:SLOW\n")
+    (site / "fixture_toys.py").write_text(PLUGIN.format(fast=FAST, slow=SLOW))
+    out = tmp_path / "run"
+    r = fwbench("run", "--profile", "smoke", "--tasks", "mlp,lenet", "--backends", f"{FAST},{SLOW}",
+                "--threads", "1", "--out", out, columns=80,
+                env={"PYTHONPATH": os.pathsep.join([str(site), str(TESTS)])})
+    assert r.returncode == 0, r.stderr + r.stdout
+    lines = r.stdout.splitlines()
+    head = next(i for i, x in enumerate(lines) if re.match(r"\s*task\s+backend\s+ok\s", x))
+    # the summary table's own rows (the progress lines above it name the cells too)
+    assert_names_whole(lines[head:], {(t, b) for t in ("mlp", "lenet") for b in (FAST, SLOW)})
+    assert max(map(len, lines)) <= 80
 
 
 # ------------------------------------------------------------------ HTML
 
 
-@pytest.mark.parametrize("run,tasks_with_plots", [(SEEDS, 2), (SINGLE, 3)])
+@pytest.mark.parametrize("run,tasks_with_plots", [(RUN_A, 2), (SINGLE, 2)])
 def test_html_is_self_contained_and_parses(run, tasks_with_plots):
     html = render(run)
     for bad in ('src="http', "src='http", 'href="http', "href='http", "url(http", "url('http",
@@ -192,21 +463,20 @@ def test_html_is_self_contained_and_parses(run, tasks_with_plots):
     assert len(ids) == len(set(ids)), "ids must be unique across the inline SVGs"
 
 
-def test_html_failed_cells_and_no_brackets_for_one_seed():
-    html = render(SEEDS)
-    assert "ValueError: an injected failure for the report tests" in html
-    assert "no result after 600 s; killed" in html
-    assert "No finished cells to plot" in html  # lstm: every cell failed
+def test_html_failed_cells_and_no_brackets_for_one_run():
     single = render(SINGLE)
-    assert 'class="ci"' not in single and 'class="ci"' in html
+    assert "ValueError: an injected failure for the report fixtures (lstm)" in single
+    assert f"no result after {TIMEOUT:g} s; killed" in single
+    assert "No finished cells to plot" in single  # lstm: every cell failed
+    assert 'class="ci"' not in single and 'class="ci"' in render(RUN_A)
 
 
 def test_html_with_missing_epochs_and_timeline(tmp_path):
     html = render(synthetic_run(tmp_path))
     parse(html)
-    assert "no data recorded for this plot" not in html.split('id="task-lenet"')[0]
-    lenet = html.split('id="task-lenet"')[1].split('id="task-lstm"')[0]
-    # lenet/torch kept its epochs, lenet/tensorflow its timeline: every lenet plot still drawn
+    assert "no data recorded for this plot" not in html
+    lenet = html.split('id="task-lenet"')[1]
+    # lenet/fast kept its epochs, lenet/slow its timeline: every lenet plot still drawn
     assert lenet.count("<svg") == PLOTS_PER_TASK
     assert "Fastest to the 98% target" in html
 
@@ -214,22 +484,24 @@ def test_html_with_missing_epochs_and_timeline(tmp_path):
 def test_html_when_nothing_has_data(tmp_path):
     run = tmp_path / "bare"
     run.mkdir()
-    records = [{"task": "mlp", "backend": "torch", "seed": 0, "status": "ok", "test_accuracy": 0.9},
-               {"task": "mlp", "backend": "other", "seed": 0, "status": "crashed",
-                "error": "Traceback (most recent call last):\n  ...\nRuntimeError: <img src=x> broke"}]
-    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    html = render(run)  # no run.json, no epochs, no step times, no timeline
+    meta = records.load_meta(RUN_A)
+    meta.config.update(tasks=["mlp"], backends=["toy", "other"])
+    records.write_meta(run, meta)
+    for r in (records.CellRecord("mlp", "toy", status="ok", test_accuracy=0.9),
+              records.CellRecord("mlp", "other", status="crashed",
+                                 error="Traceback (most recent call last):\n  ...\nRuntimeError: <img src=x> broke")):
+        records.append_record(run / records.RESULTS, r)
+    html = render(run)  # no epochs, no step times, no timeline
     parse(html)
     assert html.count("<svg") == 0
     assert "RuntimeError: &lt;img src=x&gt; broke" in html and "<img" not in html  # last line, escaped
     assert html.count("no data recorded for this plot") == PLOTS_PER_TASK
-    assert "has no run.json" in html
     assert "## mlp: " in report.markdown_report(run)  # and the Markdown still renders
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: the screenshot check needs a "
                     "headless Chromium (apt-get install chromium)")
-@pytest.mark.parametrize("run", [SEEDS, SINGLE])
+@pytest.mark.parametrize("run", [RUN_A, SINGLE])
 def test_chromium_screenshot_is_not_blank(run, tmp_path):
     from PIL import Image
 

@@ -1,0 +1,534 @@
+"""What a run's records say, as numbers: computed once, shared by every renderer.
+
+``analyze(run)`` reads a run folder through ``records.load_run`` and returns an ``Analysis``:
+per task a ranked list of ``BackendResult`` (medians, intervals, time to target, memory,
+start, the per-process points and curves the plots draw), the step-time ``Pair`` of every
+two backends, the "which framework for what" ``Pick``s, the cells that did not finish and
+the adapters' sizes. No words here (``verdict`` phrases them), no drawing (``report`` and
+``html_report`` render them), no framework import.
+
+Every task fact (description, target accuracy, batch size) comes from the run's own
+snapshot (``run.meta.tasks``, see ``task_facts``), never from today's ``spec.TASKS``: an old
+run folder is reported with the definitions it ran with.
+
+Throughput has one definition, ``throughput()``: batch size / median steady-state step
+time. A backend's figure uses the median step time the statistics compute over all its
+finished processes; a process's (the scatter's small dots) that process's median step,
+which is also how the worker defines a record's ``throughput_samples_s``.
+
+All statistics go through the section "the statistics seam" below, the only code that
+calls ``harness.stats``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from . import records, stats
+from .records import CellRecord, Run, RunMeta
+
+# ------------------------------------------------------------------ the statistics seam
+# The one place that calls ``harness.stats`` (summaries, pairwise tests, ALPHA, sentences)
+# and turns its objects into this module's own, so a new statistics module (process-level
+# figures, Holm) changes only this section.
+
+ALPHA = stats.ALPHA
+PAIR_TEST = "two-sided Mann-Whitney U on the step times"
+
+
+@dataclass
+class StepSummary:
+    """What the statistics say of one (task, backend) of a run."""
+
+    task: str
+    backend: str
+    accuracy: float | None  # median over seeds
+    accuracy_ci: tuple[float, float] | None
+    step_ms: float | None  # median steady-state step time over the backend's processes
+    step_ci: tuple[float, float] | None
+    samples: np.ndarray  # pooled steady-state steps (display only: p90)
+    raw: Any = field(default=None, repr=False)  # the stats object, for pairwise tests
+
+
+@dataclass
+class Pair:
+    """Step time of two backends (or of one backend in two runs), as tested."""
+
+    task: str
+    faster: str
+    slower: str
+    ratio: float | None  # slower median / faster median
+    p_value: float | None  # None: not tested (too few runs)
+    significant: bool
+    sentence: str  # the statistics' own wording of the result
+
+    @property
+    def tested(self) -> bool:
+        return self.p_value is not None
+
+
+def _stats_input(r: CellRecord) -> dict[str, Any]:
+    """A record as ``stats.summarize`` reads it (a plain dict of the fields it uses)."""
+    return {"task": r.task, "backend": r.backend, "seed": r.seed, "repeat": r.repeat,
+            "status": r.status, "test_accuracy": r.test_accuracy,
+            "step_samples_ms": list(r.step_samples_ms or [])}
+
+
+def summaries(run: Run) -> dict[tuple[str, str], StepSummary]:
+    """(task, backend) -> its ``StepSummary``, over every record of the run."""
+    batch = {name: b for name in run.meta.tasks if (b := task_facts(run, name).batch)}
+    out = {}
+    for s in stats.summarize([_stats_input(r) for r in run.records], batch):
+        out[(s.task, s.backend)] = StepSummary(
+            s.task, s.backend, s.accuracy, _pair_of(s.accuracy_ci), s.step_ms,
+            _pair_of(s.step_ci), np.asarray(s.samples, dtype=float), s)
+    return out
+
+
+def _pair_of(ci: Any) -> tuple[float, float] | None:
+    return (float(ci[0]), float(ci[1])) if ci else None
+
+
+def _pair(c: Any) -> Pair:
+    # A statistics module that can refuse a verdict ("too few runs") says so in ``verdict``,
+    # and tests many pairs as a family (``p_adjusted``): the p that decided is the one shown.
+    few = getattr(stats, "VERDICT_FEW", None)
+    decided = few is None or getattr(c, "verdict", None) != few
+    p = getattr(c, "p_adjusted", c.p_value) if decided else None
+    return Pair(c.task, c.faster, c.slower, c.ratio, p, bool(c.significant), c.sentence())
+
+
+def pairs(found: Iterable[StepSummary]) -> list[Pair]:
+    """Every pair of backends of each task, by step time."""
+    return [_pair(c) for c in stats.pairwise([s.raw for s in found])]
+
+
+def run_pairs(matched: dict[tuple[str, str], tuple[StepSummary, StepSummary]],
+              a: str = "A", b: str = "B") -> dict[tuple[str, str], Pair]:
+    """Each (task, backend) of run A against itself in run B, tested as one family."""
+    renamed = []
+    for key, (sa, sb) in matched.items():
+        label = "/".join(key)
+        renamed += [dataclasses.replace(sa.raw, task=label, backend=a),
+                    dataclasses.replace(sb.raw, task=label, backend=b)]
+    by_label = {"/".join(k): k for k in matched}
+    return {by_label[c.task]: c for c in map(_pair, stats.pairwise(renamed))}
+
+
+# ------------------------------------------------------------------ the run's own tasks
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    description: str
+    target: float | None
+    batch: int | None
+
+
+def task_facts(run: Run, name: str) -> TaskFacts:
+    """What the reports say of a task, from the run's own snapshot (``run.meta.tasks``, what
+    ``Run.task`` rebuilds), read as stored: reporting an old run needs neither today's
+    ``spec.TASKS`` nor today's layer types. A task the run did not snapshot: its name only."""
+    data = run.meta.tasks.get(name) or {}
+    target, batch = data.get("target_accuracy"), data.get("batch_size")
+    return TaskFacts(str(data.get("description") or name),
+                     float(target) if target is not None else None,
+                     int(batch) if batch else None)
+
+
+# ------------------------------------------------------------------ one definition
+
+
+def throughput(batch: int | None, step_ms: float | None) -> float | None:
+    """Samples per second: the batch over a median steady-state step time (ms)."""
+    if not batch or step_ms is None or not step_ms > 0:
+        return None
+    return batch / step_ms * 1e3
+
+
+def throughput_ci(batch: int | None, step_ci: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The step-time interval as throughputs (a slower step is a lower throughput)."""
+    if not step_ci:
+        return None
+    lo, hi = throughput(batch, step_ci[1]), throughput(batch, step_ci[0])
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+# ------------------------------------------------------------------ results
+
+
+def missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
+
+
+def _median(values: Iterable[Any]) -> float | None:
+    v = [x for x in values if not missing(x)]
+    return float(np.median(v)) if v else None
+
+
+@dataclass
+class Point:
+    """One finished training process (repeat 0): its own throughput and final accuracy."""
+
+    seed: int
+    throughput: float | None
+    accuracy: float | None
+
+
+@dataclass
+class BackendResult:
+    """One backend on one task: medians over the cells that finished."""
+
+    task: str
+    backend: str
+    cells: int
+    ok: int
+    runs: int  # finished processes that measured step times (seeds x repeats)
+    statuses: list[str]  # statuses of the cells that did not finish
+    accuracy: float | None = None
+    accuracy_ci: tuple[float, float] | None = None
+    seeds: int = 0  # finished repeat-0 cells with an accuracy
+    reached: int = 0  # of those, how many reached the target
+    to_target_s: float | None = None  # median over seeds; a seed that never got there counts as infinite
+    train_s: float | None = None
+    throughput: float | None = None  # throughput(batch, step_p50)
+    throughput_ci: tuple[float, float] | None = None
+    step_p50: float | None = None
+    step_ci: tuple[float, float] | None = None
+    step_p90: float | None = None
+    first_step_s: float | None = None
+    start_s: float | None = None  # import + setup + first step
+    peak_mib: float | None = None
+    gflops: float | None = None
+    pct_peak: float | None = None  # of the calibrated GEMM peak
+    cpu_wall: float | None = None
+    threads_exceeded: bool = False
+    position: int | None = None  # place in the task's ranking (finished backends only)
+    rank_target: int | None = None
+    rank_throughput: int | None = None
+    points: list[Point] = field(default_factory=list)  # per process, for the scatter
+    curves: dict[int, list[tuple[float, float | None]]] = field(default_factory=dict)
+    # epoch -> [(test accuracy, cumulative training s)], one per seed
+    memory_seed: int | None = None  # the process whose timeline is shown
+    memory_timeline: list[list[float]] = field(default_factory=list)  # [s, MiB]
+
+    @property
+    def finished(self) -> bool:
+        return self.ok > 0
+
+
+@dataclass
+class TaskResult:
+    task: str
+    description: str
+    target: float | None
+    batch: int | None
+    rows: list[BackendResult]  # ranked: time to target, then throughput; unfinished last
+    pairs: list[Pair]  # step times of every two backends
+
+    @property
+    def finished(self) -> list[BackendResult]:
+        return [r for r in self.rows if r.finished]
+
+    def pair(self, a: str, b: str) -> Pair | None:
+        return next((p for p in self.pairs if {p.faster, p.slower} == {a, b}), None)
+
+
+@dataclass
+class FailedCell:
+    task: str
+    backend: str
+    seed: int
+    repeat: int
+    status: str
+    error: str  # one line ("" when the record has none)
+
+
+@dataclass
+class AdapterSize:
+    module: str | None
+    path: str | None
+    loc: int | None
+    changed: bool | None = None  # the file differs from the one the run used (None: unknown)
+
+
+@dataclass
+class Entry:
+    """The winner of one criterion on one task."""
+
+    backend: str
+    value: float
+    tied_with: str | None = None  # the runner-up, where the difference is not significant
+
+
+@dataclass
+class Pick:
+    """One line of "which framework for what"."""
+
+    criterion: str  # one of CRITERIA, or "smallest adapter"
+    per_task: dict[str, Entry | None]
+    winners: list[str]  # the backend(s) winning on most tasks
+    wins: int = 0  # tasks each winner won (smallest adapter: its lines of code)
+    decided: int = 0  # tasks with a winner
+
+
+@dataclass
+class Analysis:
+    name: str
+    run: Run
+    tasks: list[TaskResult]
+    failed: list[FailedCell]
+    adapters: dict[str, AdapterSize]
+    picks: list[Pick]
+    backends: list[str]  # in a stable order (the run's config first), for colours
+    versions: dict[str, str]  # backend -> framework version(s) the records report
+
+    @property
+    def meta(self) -> RunMeta:
+        return self.run.meta
+
+    @property
+    def records(self) -> list[CellRecord]:
+        return self.run.records
+
+    @property
+    def seeds(self) -> int:
+        return len(self.meta.config.get("seeds") or []) or len({r.seed for r in self.records})
+
+    @property
+    def repeats(self) -> int:
+        return int(self.meta.config.get("repeats") or 1)
+
+
+def backend_result(task: str, backend: str, rs: list[CellRecord], summary: StepSummary | None,
+                   target: float | None, batch: int | None) -> BackendResult:
+    ok = [r for r in rs if r.ok]
+    main = [r for r in ok if r.repeat == 0]
+    timed = [r for r in ok if r.step_samples_ms]
+    several = len(timed) >= 2  # a CI over one process's steps would hide run-to-run variation
+    b = BackendResult(task, backend, len(rs), len(ok), len(timed),
+                      sorted({r.status for r in rs if not r.ok}))
+    with_acc = [r for r in main if r.test_accuracy is not None]
+    b.seeds = len(with_acc)
+    if target is not None:
+        times = [r.time_to_target_s for r in with_acc]
+        b.reached = sum(t is not None for t in times)
+        if times:
+            med = float(np.median([math.inf if t is None else t for t in times]))
+            b.to_target_s = med if math.isfinite(med) else None
+    b.train_s = _median(r.train_time_s for r in main)
+    if summary is not None:
+        b.accuracy, b.step_p50 = summary.accuracy, summary.step_ms
+        b.accuracy_ci = summary.accuracy_ci
+        if several:
+            b.step_ci = summary.step_ci
+        if len(summary.samples):
+            b.step_p90 = float(np.percentile(summary.samples, 90))
+    if b.step_p90 is None:
+        b.step_p90 = _median(r.step_time_ms.p90 for r in ok)
+    if b.step_p50 is None:
+        b.step_p50 = _median(r.step_time_ms.p50 for r in ok)
+    b.throughput = throughput(batch, b.step_p50)
+    b.throughput_ci = throughput_ci(batch, b.step_ci)
+    b.first_step_s = _median(r.first_step_s for r in ok)
+    b.start_s = _median(r.import_s + r.setup_s + r.first_step_s for r in ok
+                        if not any(missing(v) for v in (r.import_s, r.setup_s, r.first_step_s)))
+    b.peak_mib = _median(r.peak_rss_mib for r in (main or ok))
+    b.gflops = _median(r.achieved_gflops for r in ok)
+    b.pct_peak = _median(r.pct_of_gemm_peak for r in ok)
+    b.cpu_wall = _median(r.cpu_wall_ratio for r in ok)
+    b.threads_exceeded = any(r.threads_exceeded for r in ok)
+    b.points = [Point(r.seed, throughput(batch, r.step_time_ms.p50), r.test_accuracy)
+                for r in sorted(with_acc, key=lambda r: r.seed)]
+    for r in sorted(main, key=lambda r: r.seed):
+        for e in r.epochs:
+            if e.test_accuracy is not None:
+                b.curves.setdefault(e.epoch, []).append((e.test_accuracy, e.wall_s))
+    shown = sorted((r for r in rs if r.repeat == 0 and len(r.memory_timeline)),
+                   key=lambda r: (not r.ok, r.seed))
+    if shown:
+        b.memory_seed, b.memory_timeline = shown[0].seed, shown[0].memory_timeline
+    return b
+
+
+def _rank(rows: list[BackendResult]) -> list[BackendResult]:
+    by_target = sorted((r for r in rows if r.to_target_s is not None), key=lambda r: r.to_target_s)
+    for i, r in enumerate(by_target, 1):
+        r.rank_target = i
+    by_tp = sorted((r for r in rows if r.throughput is not None), key=lambda r: -r.throughput)
+    for i, r in enumerate(by_tp, 1):
+        r.rank_throughput = i
+    rows = sorted(rows, key=lambda r: (not r.finished,
+                                       r.rank_target is None, r.rank_target or 0,
+                                       r.rank_throughput is None, r.rank_throughput or 0,
+                                       r.backend))
+    for i, r in enumerate((r for r in rows if r.finished), 1):
+        r.position = i
+    return rows
+
+
+def one_line(error: Any, width: int = 200) -> str:
+    """The line of an error worth showing: the last of a traceback, else the first."""
+    lines = [x.strip() for x in str(error or "").strip().splitlines() if x.strip()]
+    text = lines[-1] if lines and lines[-1] != lines[0] and ":" in lines[-1] else (lines[0] if lines else "")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ------------------------------------------------------------------ adapters
+
+
+def count_loc(path: str | Path) -> int:
+    """Lines of code: not blank, not a comment, not part of a docstring."""
+    text = Path(path).read_text(encoding="utf-8")
+    skip: set[int] = set()
+    try:
+        for node in ast.walk(ast.parse(text)):
+            body = getattr(node, "body", None)
+            if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                    and body and isinstance(body[0], ast.Expr)
+                    and isinstance(getattr(body[0], "value", None), ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    except SyntaxError:
+        pass
+    return sum(1 for i, line in enumerate(text.splitlines(), 1)
+               if line.strip() and not line.strip().startswith("#") and i not in skip)
+
+
+def adapter_sizes(backends: list[str], meta: RunMeta) -> dict[str, AdapterSize]:
+    """backend -> the adapter module the run used (``run.json``), its source file as found
+    here and its lines of code; located, never imported. ``changed`` tells whether that file
+    is still the one the run hashed."""
+    out = {}
+    for name in backends:
+        info = meta.backends.get(name)
+        module = info.adapter.partition(":")[0] if info and info.adapter else None
+        path = None
+        if module:
+            try:
+                found = importlib.util.find_spec(module)
+                path = found.origin if found and found.origin and found.origin.endswith(".py") else None
+            except (ImportError, ValueError):
+                path = None
+        loc = changed = None
+        if path:
+            try:
+                loc = count_loc(path)
+                if info.adapter_sha256:
+                    changed = hashlib.sha256(Path(path).read_bytes()).hexdigest() != info.adapter_sha256
+            except OSError:
+                path = None
+        out[name] = AdapterSize(module, path, loc, changed)
+    return out
+
+
+# ------------------------------------------------------------------ picks
+
+# criterion -> (key, lower is better)
+CRITERIA: dict[str, tuple[Callable[[BackendResult], float | None], bool]] = {
+    "fastest to target": (lambda r: r.to_target_s, True),
+    "highest throughput": (lambda r: r.throughput, False),
+    "lowest peak memory": (lambda r: r.peak_mib, True),
+    "fastest start": (lambda r: r.start_s, True),
+}
+
+
+def _winner(rows: list[BackendResult], key, better_low: bool) -> BackendResult | None:
+    rows = [r for r in rows if r.finished and key(r) is not None]
+    if not rows:
+        return None
+    return (min if better_low else max)(rows, key=key)
+
+
+def picks(tasks: list[TaskResult], adapters: dict[str, AdapterSize]) -> list[Pick]:
+    """"Which framework for what": the winner of each criterion per task, and overall."""
+    out = []
+    for label, (key, low) in CRITERIA.items():
+        per_task: dict[str, Entry | None] = {}
+        wins: dict[str, int] = {}
+        for t in tasks:
+            w = _winner(t.rows, key, low)
+            if w is None:
+                per_task[t.task] = None
+                continue
+            entry = Entry(w.backend, key(w))
+            if label == "highest throughput":
+                tp = sorted((r for r in t.finished if r.throughput is not None), key=lambda r: -r.throughput)
+                c = t.pair(tp[0].backend, tp[1].backend) if len(tp) > 1 else None
+                if c is not None and c.tested and not c.significant:
+                    entry.tied_with = tp[1].backend
+            per_task[t.task] = entry
+            wins[w.backend] = wins.get(w.backend, 0) + 1
+        best = max(wins.values(), default=0)
+        names = sorted(b for b, k in wins.items() if k == best) if wins else []
+        out.append(Pick(label, per_task, names, best, sum(e is not None for e in per_task.values())))
+    sized = {b: a.loc for b, a in adapters.items() if a.loc}
+    if sized:
+        small = min(sized.values())
+        out.append(Pick("smallest adapter", {}, sorted(b for b, v in sized.items() if v == small),
+                        small, len(sized)))
+    return out
+
+
+# ------------------------------------------------------------------ the whole run
+
+
+def backend_order(meta: RunMeta, recs: list[CellRecord]) -> list[str]:
+    order = list(meta.config.get("backends") or [])
+    for r in recs:
+        if r.backend not in order:
+            order.append(r.backend)
+    return order
+
+
+def framework_versions(run: Run, order: list[str]) -> dict[str, str]:
+    """backend -> the framework version(s) its records report, else its packages in run.json."""
+    out = {}
+    for b in order:
+        found = sorted({r.framework_version for r in run.records if r.backend == b and r.framework_version})
+        info = run.meta.backends.get(b)
+        out[b] = ", ".join(found) or (", ".join(f"{k} {v}" for k, v in info.requires.items()) if info else "")
+    return out
+
+
+def analyze(source: str | Path | Run) -> Analysis:
+    """Everything the reports show, computed once from the run folder (or a loaded ``Run``)."""
+    run = source if isinstance(source, Run) else records.load_run(source)
+    found = summaries(run)
+    all_pairs = pairs(found.values())
+    task_order = list(run.meta.config.get("tasks") or [])
+    for r in run.records:
+        if r.task not in task_order:
+            task_order.append(r.task)
+    order = backend_order(run.meta, run.records)
+    groups: dict[tuple[str, str], list[CellRecord]] = {}
+    for r in run.records:
+        groups.setdefault((r.task, r.backend), []).append(r)
+    tasks = []
+    for name in task_order:
+        facts = task_facts(run, name)
+        rows = [backend_result(name, b, groups[(name, b)], found.get((name, b)), facts.target,
+                               facts.batch)
+                for b in order if (name, b) in groups]
+        if rows:
+            tasks.append(TaskResult(name, facts.description, facts.target, facts.batch,
+                                    _rank(rows), [p for p in all_pairs if p.task == name]))
+    failed = [FailedCell(r.task, r.backend, r.seed, r.repeat, r.status, one_line(r.error))
+              for r in run.records if not r.ok]
+    adapters = adapter_sizes(order, run.meta)
+    return Analysis(run.path.resolve().name, run, tasks, failed, adapters, picks(tasks, adapters), order,
+                    framework_versions(run, order))
+
+
+def as_analysis(source: str | Path | Run | Analysis) -> Analysis:
+    """Renderers take an ``Analysis`` (computed once by the caller) or a run folder."""
+    return source if isinstance(source, Analysis) else analyze(source)
