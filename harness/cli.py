@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,6 +26,11 @@ err = Console(stderr=True)
 DEBUG = False
 
 
+def _discover() -> dict[str, Backend]:
+    """The registered backends; a broken or clashing plugin is a warning line, not a failure."""
+    return discover(warn=lambda m: print(f"fwbench: warning: {m}", file=sys.stderr))
+
+
 def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
     if value is None:
         return []
@@ -34,17 +40,30 @@ def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
     for item in items:
         if item not in allowed:
             raise FwbenchError(f"unknown {what[:-1]} {item!r}; choose from {', '.join(allowed)}")
-    return list(dict.fromkeys(items))
+    return items if what == "backends" else list(dict.fromkeys(items))
+
+
+def _with_copies(names: list[str], known: dict[str, Backend]) -> list[str]:
+    """A backend named twice runs as independent labelled copies, ``torch``, ``torch#2``: an
+    A/A test, interleaved like any other backends (``known`` gains the copies)."""
+    out: list[str] = []
+    for n in names:
+        count = sum(1 for x in out if x.split("#")[0] == n)
+        name = n if count == 0 else f"{n}#{count + 1}"
+        if name != n:
+            known[name] = dataclasses.replace(known[n], name=name)
+        out.append(name)
+    return out
 
 
 def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend]]:
-    known = discover()
+    known = _discover()
     if value is None:
         names = [n for n, b in known.items() if b.installed and not b.options]
         if not names:
             raise FwbenchError("no backend is installed; install one, e.g. pip install -e '.[torch]'")
         return names, known
-    names = _csv(value, list(known), "backends")
+    names = _with_copies(_csv(value, list(known), "backends"), known)
     for n in names:
         missing = known[n].missing()
         if missing:
@@ -58,7 +77,7 @@ def list_cmd() -> None:
     """Tasks, profiles and backends (with installed versions)."""
     t = Table(title="tasks")
     for c in ("task", "description", "params", "optimizer", "batch", "epochs (full)", "target"):
-        t.add_column(c)
+        t.add_column(c, no_wrap=c in ("task", "params"), overflow="fold")
     for task in spec.TASKS.values():
         t.add_row(task.name, task.description, f"{spec.param_count(task):,}",
                   type(task.optimizer).__name__, str(task.batch_size), str(task.epochs_full),
@@ -72,8 +91,8 @@ def list_cmd() -> None:
     console.print(p)
     b = Table(title="backends")
     for c in ("backend", "versions", "source", "description"):
-        b.add_column(c)
-    for name, backend in discover().items():
+        b.add_column(c, no_wrap=c == "backend", overflow="fold")
+    for name, backend in _discover().items():
         versions = ", ".join(f"{k} {v}" for k, v in backend.versions().items())
         b.add_row(name, versions, backend.source, backend.description)
     console.print(b)
@@ -103,63 +122,101 @@ def run_cmd(
     threads: Optional[int] = typer.Option(None, help="Threads per cell (default: all available cores)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (default: runs/<timestamp>)."),
     data_dir: Optional[Path] = typer.Option(None, help="Folder with mnist/ and imdb/ files (or FWBENCH_DATA_DIR)."),
-    timeout: float = typer.Option(3600.0, help="Seconds per cell before it is killed."),
+    timeout: Optional[float] = typer.Option(None, help="Seconds per cell before it is killed (default 3600)."),
     resume: Optional[Path] = typer.Option(None, help="Finish an interrupted run folder."),
-    repeats: Optional[int] = typer.Option(None, help="Runs per cell; repeats after the first are timing-only (default 1)."),
+    force_resume: bool = typer.Option(False, "--force-resume", help="With --resume: accept a changed environment (recorded in run.json)."),
+    repeats: Optional[int] = typer.Option(None, help="Timing-only processes per (task, backend) after the training runs (default: smoke 0, quick 6, full 7)."),
+    until_ci: Optional[float] = typer.Option(None, help="Adaptive: add interleaved repeats until the 95% CI of every cell's median step time is within +-PCT% (or --max-processes)."),
+    max_processes: Optional[int] = typer.Option(None, help="Cap of processes per (task, backend) for --until-ci (default 20)."),
+    allow_busy: Optional[bool] = typer.Option(None, "--allow-busy", help="Run even when other processes use the run's cores (recorded)."),
+    denormals: Optional[str] = typer.Option(None, help="flush (default: every framework flushes denormal floats to zero) | framework-default (each as shipped); probed and recorded per cell."),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Set each framework's determinism switches (recorded)."),
     memory_limit: Optional[float] = typer.Option(None, help="GiB of resident memory per cell before it is killed as oom (default: 75% of RAM)."),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
-    from . import runner
-
-    given = {k: v for k, v in (("tasks", tasks), ("backends", backends), ("profile", profile),
-                               ("seeds", seeds), ("threads", threads), ("repeats", repeats),
-                               ("deterministic", deterministic))
-             if v is not None}
-    profile = profile or "quick"
-    if profile not in spec.PROFILES:
-        raise FwbenchError(f"unknown profile {profile!r}; choose from {', '.join(spec.PROFILES)}")
-    task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
-    backend_names, known = _select_backends(backends)
-    n_seeds = spec.PROFILE_INFO[profile].default_seeds if seeds is None else seeds
-    if n_seeds < 1:
-        raise FwbenchError(f"--seeds must be at least 1 (got {n_seeds})")
-    cpus = environment.available_cpus()
-    n_threads = len(cpus) if threads is None else threads
-    if not 1 <= n_threads <= len(cpus):
-        raise FwbenchError(f"--threads must be between 1 and {len(cpus)}, the cores available (got {n_threads})")
-    if repeats is not None and repeats < 1:
-        raise FwbenchError(f"--repeats must be at least 1 (got {repeats})")
-    if timeout <= 0:
-        raise FwbenchError("--timeout must be positive")
     import psutil
 
+    from . import runner
+
+    # Every option is validated before anything looks for backends, so a bad value gets
+    # its own message even where no framework is installed.
+    if profile is not None and profile not in spec.PROFILES:
+        raise FwbenchError(f"unknown profile {profile!r}; choose from {', '.join(spec.PROFILES)}")
+    task_names = _csv(tasks, list(spec.TASKS), "tasks") or None
+    if seeds is not None and seeds < 1:
+        raise FwbenchError(f"--seeds must be at least 1 (got {seeds})")
+    cpus = environment.available_cpus()
+    if threads is not None and not 1 <= threads <= len(cpus):
+        raise FwbenchError(f"--threads must be between 1 and {len(cpus)}, the cores available (got {threads})")
+    if repeats is not None and repeats < 0:
+        raise FwbenchError(f"--repeats must be at least 0 (got {repeats})")
+    if until_ci is not None and not 0 < until_ci < 100:
+        raise FwbenchError(f"--until-ci must be a percentage between 0 and 100 (got {until_ci:g})")
+    if max_processes is not None and max_processes < 1:
+        raise FwbenchError(f"--max-processes must be at least 1 (got {max_processes})")
+    if timeout is not None and timeout <= 0:
+        raise FwbenchError("--timeout must be positive")
     total_gib = psutil.virtual_memory().total / 2**30
     if memory_limit is not None and not 0 < memory_limit <= total_gib:
         raise FwbenchError(f"--memory-limit must be between 0 and {total_gib:.1f} GiB, this machine's "
                            f"memory (got {memory_limit:g})")
-    config = runner.RunConfig(tuple(task_names), tuple(backend_names), profile,
-                              tuple(range(n_seeds)), n_threads, timeout,
-                              str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"),
-                              repeats=repeats or 1, deterministic=bool(deterministic),
-                              memory_limit_gib=round(memory_limit or 0.75 * total_gib, 2))
+    if denormals is not None and denormals not in ("flush", "framework-default"):
+        raise FwbenchError(f"--denormals must be flush or framework-default (got {denormals!r})")
+    if force_resume and resume is None:
+        raise FwbenchError("--force-resume goes with --resume RUN_DIR")
+    if resume is not None and out is not None:
+        raise FwbenchError("--resume continues RUN_DIR in place; drop --out")
+
+    # The options given, as the configuration stores them (compared on --resume).
+    given: dict = {}
+    if task_names is not None:
+        given["tasks"] = tuple(task_names)
+    if profile is not None:
+        given["profile"] = profile
+    if seeds is not None:
+        given["seeds"] = tuple(range(seeds))
+    if threads is not None:
+        given["threads"] = threads
+    if timeout is not None:
+        given["timeout_s"] = timeout
+    if data_dir is not None:
+        given["data_dir"] = str(data_dir)
+    if repeats is not None:
+        given["repeats"] = repeats
+    if deterministic is not None:
+        given["deterministic"] = bool(deterministic)
+    if memory_limit is not None:
+        given["memory_limit_gib"] = round(memory_limit, 2)
+    if until_ci is not None:
+        given["until_ci_pct"] = until_ci
+    if max_processes is not None:
+        given["max_processes"] = max_processes
+    if allow_busy is not None:
+        given["allow_busy"] = bool(allow_busy)
+    if denormals is not None:
+        given["denormals"] = denormals
+
     if resume is not None:
         run_dir = resume
-        meta_path = run_dir / runner.RUN_JSON
-        if not meta_path.is_file():
+        if not (run_dir / runner.RUN_JSON).is_file():
             raise FwbenchError(f"{run_dir} has no {runner.RUN_JSON}: nothing to resume")
-        saved = json.loads(meta_path.read_text())["config"]
-        saved_config = runner.RunConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                           for k, v in saved.items()})
-        mismatched = [k for k in given if getattr(config, k) != getattr(saved_config, k)]
-        if mismatched:
-            raise FwbenchError(f"--resume: {', '.join(mismatched)} differ from {meta_path}; "
-                               "drop those options to resume the run as it was configured")
-        config = saved_config
-        missing = [b for b in config.backends if b not in known or known[b].missing()]
-        if missing:
-            raise FwbenchError(f"--resume: backend(s) {', '.join(missing)} of that run are not installed")
+        known = _discover()
+        if backends is not None:
+            given["backends"] = tuple(_with_copies(_csv(backends, list(known), "backends"), known))
+        config = runner.prepare_resume(run_dir, given, known, force_resume)
     else:
+        backend_names, known = _select_backends(backends)
+        profile = profile or "quick"
+        n_seeds = spec.PROFILE_INFO[profile].default_seeds if seeds is None else seeds
+        config = runner.RunConfig(
+            tuple(task_names or spec.TASKS), tuple(backend_names), profile, tuple(range(n_seeds)),
+            threads or len(cpus), timeout or 3600.0,
+            str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"),
+            repeats=spec.PROFILE_INFO[profile].default_repeats if repeats is None else repeats,
+            deterministic=bool(deterministic),
+            memory_limit_gib=round(memory_limit or 0.75 * total_gib, 2),
+            allow_busy=bool(allow_busy), until_ci_pct=until_ci, max_processes=max_processes or 20,
+            denormals=denormals or "flush")
         run_dir = out or runner.new_run_dir()
         if (run_dir / runner.RESULTS).exists():
             raise FwbenchError(f"{run_dir} already holds results; use --resume {run_dir} or another --out")
@@ -179,12 +236,12 @@ def run_cmd(
     except Timeout:
         raise FwbenchError(f"another fwbench run is writing to {run_dir}") from None
     try:
-        _run_with_progress(config, run_dir, known)
+        _run_with_progress(config, run_dir, known, force_resume)
     finally:
         lock.release()
 
 
-def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None:
+def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_resume: bool) -> None:
     from . import report, runner
 
     console.print(f"[bold]fwbench run[/] → {run_dir}  (profile {config.profile}, "
@@ -204,13 +261,13 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
             progress.update(ids[e.cell.key], total=e.steps, completed=e.step, note=note)
         else:
             r = e.record
-            status = r["status"]
+            status = r.status
             if status != "ok":
                 note = f"[red]{status}[/]"
-            elif r.get("test_accuracy") is None:  # a timing-only repeat
-                note = f"[green]ok[/] p50 {r['step_time_ms']['p50']:.2f} ms"
+            elif r.test_accuracy is None:  # a timing-only repeat
+                note = f"[green]ok[/] p50 {r.step_time_ms.p50:.2f} ms"
             else:
-                note = f"[green]ok[/] acc {r['test_accuracy']:.4f}"
+                note = f"[green]ok[/] acc {r.test_accuracy:.4f}"
             task = progress.tasks[ids[e.cell.key]]
             progress.update(ids[e.cell.key], total=task.total or 1,
                             completed=task.total or 1 if status == "ok" else task.completed, note=note)
@@ -218,28 +275,26 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend]) -> None
     try:
         with progress:
             runner.run(config, run_dir, known, on_event=on_event,
-                       on_status=lambda s: console.print(f"[dim]{s}[/]"))
+                       on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume)
     except KeyboardInterrupt:
         print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}",
               file=sys.stderr)
         raise typer.Exit(130)
-    cells, _ = report.load_results(run_dir)
-    rows = report.summary_rows(run_dir)
-    shown = ("task", "backend", "ok", "test acc", "train s", "step p50 ms", "samples/s",
-             "peak MiB", "status")
-    t = Table(title=f"summary ({run_dir})")
-    for c in shown:
-        t.add_column(c, justify="left" if c in ("task", "backend", "status") else "right")
-    for r in rows:
-        t.add_row(*(r[c] for c in shown))
-    console.print(t)
-    for line in report.significance_lines(run_dir):
-        console.print(line, highlight=False)
-    bad = cells[cells["status"] != "ok"]
-    for r in bad.itertuples():
-        err.print(f"[red]{r.task}/{r.backend}/seed {r.seed}: {r.status}[/]: {r.error}")
-    console.print(f"records: {run_dir / runner.RESULTS}; report: fwbench report {run_dir}")
-    if len(bad):
+    from rich.markup import escape
+
+    from . import analysis, terminal, verdict
+
+    a = analysis.analyze(run_dir)  # once: the table and the sentences below both read it
+    console.print(terminal.summary_table(a, f"summary ({run_dir})"))
+    console.print(terminal.SUMMARY_NOTE, style="dim", highlight=False)
+    for line in verdict.significance_lines(a):
+        console.print(line, highlight=False, markup=False)
+    for f in a.failed:
+        err.print(f"[red]{escape(f'{f.task}/{f.backend}/seed {f.seed}: {f.status}')}[/]: "
+                  f"{escape(f.error or 'no error message')}", highlight=False)
+    console.print(f"records: {run_dir / runner.RESULTS}; report: fwbench report {run_dir}",
+                  highlight=False)
+    if a.failed:
         raise typer.Exit(1)
 
 
@@ -250,16 +305,17 @@ def report_cmd(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN_DIR)."),
 ) -> None:
     """Markdown and self-contained HTML reports of a run (read from its records only)."""
-    from . import report
+    from . import analysis, report
 
     formats = _csv(format, ["md", "html"], "formats")
     folder = out or run_dir
-    text = report.markdown_report(run_dir)
+    a = analysis.analyze(run_dir)  # once, for both pages
+    text = report.markdown_report(a)
     pages = {"md": lambda: text}
     if "html" in formats:
         from . import html_report
 
-        pages["html"] = lambda: html_report.html_report(run_dir)
+        pages["html"] = lambda: html_report.html_report(a)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -282,30 +338,26 @@ def compare_cmd(
     fail_on_regression: Optional[float] = typer.Option(None, help="Exit 1 when a significant step-time regression exceeds this percentage."),
 ) -> None:
     """Per (task, backend): change in step time, throughput, memory and accuracy, with significance."""
-    from . import compare
+    from rich.markup import escape
+
+    from . import compare, records, terminal
 
     if fail_on_regression is not None and fail_on_regression < 0:
         raise FwbenchError("--fail-on-regression must be a percentage >= 0")
-    changes = compare.compare(run_a, run_b)
-    for diff in compare.environment_differences(run_a, run_b):
-        err.print(f"[yellow]warning: environments differ: {diff}[/]", highlight=False)
-    pct = lambda v: "–" if v is None else f"{v:+.1f}%"  # noqa: E731
-    t = Table(title=f"{run_a} → {run_b}")
-    for c in ("task", "backend", "step ms A", "step ms B", "step", "p", "throughput", "peak memory",
-              "accuracy"):
-        t.add_column(c, justify="left" if c in ("task", "backend") else "right")
-    for c in changes:
-        verdict = "" if c.p_value is None else (" [bold]significant[/]" if c.significant else " n.s.")
-        t.add_row(c.task, c.backend, "–" if c.step_a is None else f"{c.step_a:.2f}",
-                  "–" if c.step_b is None else f"{c.step_b:.2f}", pct(c.step_pct) + verdict,
-                  "–" if c.p_value is None else f"{c.p_value:.1e}", pct(c.throughput_pct),
-                  pct(c.memory_pct), "–" if c.accuracy_delta is None else f"{c.accuracy_delta:+.4f}")
-    console.print(t)
+    a, b = records.load_run(run_a), records.load_run(run_b)
+    changes = compare.compare(a, b)
+    for diff in compare.environment_differences(a, b):
+        err.print(f"[yellow]warning: environments differ: {escape(diff)}[/]", highlight=False)
+    for diff in compare.definition_differences(a, b):
+        err.print(f"[yellow]warning: definitions differ: {escape(diff)}[/]", highlight=False)
+    console.print(terminal.compare_table(changes, f"A = {run_a}, B = {run_b}"))
+    console.print(terminal.COMPARE_NOTE, style="dim", highlight=False)
     if fail_on_regression is not None:
         worst = [c for c in changes if c.regression_pct > fail_on_regression]
         for c in worst:
             err.print(f"regression: {c.task}/{c.backend} step time {c.step_pct:+.1f}% "
-                      f"(p = {c.p_value:.1e}) exceeds {fail_on_regression:g}%")
+                      f"(p = {c.p_value:.1e}) exceeds {fail_on_regression:g}%", highlight=False,
+                      markup=False)
         if worst:
             raise typer.Exit(1)
 
@@ -318,12 +370,13 @@ def export_cmd(
     tensorboard: Optional[Path] = typer.Option(None, help="Also write the per-epoch curves as TensorBoard scalars here."),
 ) -> None:
     """The records as tables (cells, epochs), and optionally TensorBoard scalars."""
-    from . import export
+    from . import export, records
 
-    for path in export.export(run_dir, format, out or run_dir / "export"):
+    run = records.load_run(run_dir)  # read once, refused with one line if not a run folder
+    for path in export.export(run, format, out or run_dir / "export"):
         console.print(f"wrote {path}")
     if tensorboard is not None:
-        n = export.tensorboard(run_dir, tensorboard)
+        n = export.tensorboard(run, tensorboard)
         console.print(f"wrote {n} scalars to {tensorboard} (tensorboard --logdir {tensorboard})")
 
 
@@ -336,10 +389,9 @@ def overhead_cmd(
     threads: Optional[int] = typer.Option(None, help="Threads (default: all available cores)."),
 ) -> None:
     """The harness's own cost: its training loop vs a bare loop on the same batches (target <= 1.02)."""
-    import dataclasses
     import tempfile
 
-    from . import data, runner
+    from . import data, records, runner
 
     task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
     names, known = _select_backends(backends)
@@ -357,15 +409,15 @@ def overhead_cmd(
             cells = []
             for name in names:
                 status.update(f"{task} / {name}")
-                cfg = {"mode": "overhead", "task": task, "backend": dataclasses.asdict(known[name]),
-                       "threads": n_threads, "cpus": cpus[:n_threads], "data_path": str(path),
-                       "steps": steps, "blocks": blocks}
-                r = runner.run_worker(cfg, Path(tmp) / "log", 1800, lambda e: None)
-                if r["status"] != "ok":
-                    cells.append(f"[red]{r['status']}[/]")
+                request = records.OverheadRequest(
+                    n_threads, cpus[:n_threads], runner.backend_spec(known[name]),
+                    task=records.task_to_json(spec.TASKS[task]), data_path=str(path),
+                    steps=steps, blocks=blocks)
+                r = runner.run_worker(request, Path(tmp) / "log", 1800, lambda e: None)
+                if r.status != "ok":
+                    cells.append(f"[red]{r.status}[/]")
                     continue
-
-                cells.append(f"{r['ratio']:.3f} ({r['ratio_pregathered']:.3f})")
+                cells.append(f"{r.result['ratio']:.3f} ({r.result['ratio_pregathered']:.3f})")
             t.add_row(task, *cells)
     console.print(t)
     console.print("ratio = wall time of the harness loop (per-step timer, loss check, progress) / "
@@ -386,7 +438,7 @@ def check_cmd(
     from . import parity
 
     task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
-    known = discover()
+    known = _discover()
     if backends is None:
         names = [n for n, b in known.items() if b.installed]
     else:
@@ -398,20 +450,36 @@ def check_cmd(
     with console.status("probing") as status:
         rows = parity.check(known, names, task_names, seed=seed, threads=threads,
                             on_status=lambda s: status.update(s))
-    t = Table(title=f"fwbench check (seed {seed}): max differences")
-    for c, j in (("task", "left"), ("backend", "left"), ("init", "right"), ("logits abs", "right"),
-                 ("loss rel", "right"), ("grad rel", "right"), ("3-step params rel", "right"),
-                 ("result", "left")):
-        t.add_column(c, justify=j)
-    fmt = lambda v: "ref" if v is None else f"{v:.1e}"  # noqa: E731
+    from rich import box
+
+    t = Table(title=f"fwbench check (seed {seed}): max differences", box=box.SIMPLE_HEAD,
+              pad_edge=False, collapse_padding=True)
+    for c, j in (("task", "left"), ("backend", "left"), ("init", "right"), ("logits", "right"),
+                 ("loss", "right"), ("grad", "right"), ("3 steps", "right"), ("result", "left")):
+        width = max(len(n) for n in names) if c == "backend" else 6 if j == "right" else None
+        t.add_column(c, justify=j, no_wrap=True, min_width=width)
+
+    def fmt(v: float | None) -> str:  # 6 characters at most: 80 columns fit
+        if v is None:
+            return "ref"
+        return "0" if v == 0 else f"{v:.1e}".replace("e-0", "e-").replace("e+0", "e+")
+    problems = []
     for r in rows:
         if r.error:
-            t.add_row(r.task, r.backend, "", "", "", "", "", f"[red]{r.error}[/]")
+            t.add_row(r.task, r.backend, "", "", "", "", "", "[red]error[/]")
+            problems.append(f"{r.task}/{r.backend}: {r.error}")
             continue
-        result = "[green]pass[/]" if r.ok else "[red]FAIL[/] " + "; ".join(r.breaches)
+        if not r.ok:
+            problems.append(f"{r.task}/{r.backend}: " + "; ".join(r.breaches))
         t.add_row(r.task, r.backend, fmt(r.init), fmt(r.logits_abs), fmt(r.loss_rel),
-                  fmt(r.grad_rel), fmt(r.params_rel), result)
+                  fmt(r.grad_rel), fmt(r.params_rel), "[green]pass[/]" if r.ok else "[red]FAIL[/]")
     console.print(t)
+    for line in problems:
+        console.print(f"[red]{line}[/]", highlight=False)
+    console.print("columns: init = canonical round trip (exact); logits = max abs difference, "
+                  "loss = relative difference, against the NumPy reference; grad and 3 steps = "
+                  "max difference relative to the tensor's largest magnitude, against "
+                  f"{parity.REFERENCE_BACKEND} (ref). ", style="dim")
     console.print("tolerances: init exact; logits abs <= 1e-4 and loss rel <= 1e-5 against the "
                   "NumPy reference; gradients <= 1e-4 and 3-step parameter updates <= 1e-4 (SGD) "
                   "/ 1e-3 (RMSprop, Adam) relative to the tensor's max magnitude, against "

@@ -4,10 +4,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fwbench.harness import spec
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
 
 
 def fwbench(*args, cwd=None, env=None):
@@ -106,7 +110,7 @@ def test_smoke_run_end_to_end_with_torch(tmp_path):
     resumed = fwbench("run", "--resume", str(out))
     assert resumed.returncode == 0 and len((out / "results.jsonl").read_text().splitlines()) == 3
     differ = fwbench("run", "--resume", str(out), "--seeds", "2")
-    assert differ.returncode == 2 and "seeds differ" in differ.stderr
+    assert differ.returncode == 2 and "seeds (saved (0,), given (0, 1))" in differ.stderr
 
 
 @pytest.mark.slow
@@ -147,31 +151,98 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path):
     assert r.returncode == 2 and "another fwbench run is writing to" in r.stderr
 
 
-@pytest.mark.slow
-def test_ctrl_c_keeps_records_and_stops_the_worker(tmp_path):
+@pytest.fixture
+def toys(tmp_path):
+    """The toy adapters (tests/toy_backend.py) registered as a plugin for CLI subprocesses."""
+    from toy_plugin import make_toy_plugin
+
+    folder = make_toy_plugin(tmp_path / "toy-plugin")
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(TESTS)])}
+
+
+def test_ctrl_c_keeps_records_and_stops_the_worker(tmp_path, toys):
+    """SIGINT while a cell is certainly running (the second one never ends by itself)."""
     import signal
     import time
 
     import psutil
 
-    pytest.importorskip("torch", reason="PyTorch is not installed")
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "fwbench.harness.cli", "run", "--profile", "smoke",
-                             "--backends", "torch", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--tasks", "mlp", "--backends", "constant,hang", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **toys})
     results = out / "results.jsonl"
+    hang_log = out / "logs" / "mlp-hang-s0.log"
     deadline = time.time() + 120
-    while time.time() < deadline and not (results.exists() and results.read_text().count("\n") >= 1):
-        time.sleep(0.2)
+    while time.time() < deadline and not (hang_log.exists() and results.exists()):
+        time.sleep(0.1)
+    assert hang_log.exists(), "the hanging cell should have started"
+    time.sleep(1.0)
     workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr
     assert f"fwbench run --resume {out}" in stderr
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
     kept = results.read_text().splitlines()
-    assert 1 <= len(kept) <= 3 and all(json.loads(x)["status"] == "ok" for x in kept)
+    assert [json.loads(x)["backend"] for x in kept] == ["constant"]
+
+
+def test_resume_refuses_every_changed_option(tmp_path, toys):
+    out = tmp_path / "run"
+    env = {**toys}
+    r = fwbench("run", "--profile", "smoke", "--tasks", "mlp", "--backends", "constant",
+                "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    for args, name in ((["--timeout", "5"], "timeout_s"), (["--memory-limit", "1"], "memory_limit_gib"),
+                       (["--data-dir", str(tmp_path)], "data_dir"), (["--seeds", "2"], "seeds"),
+                       (["--backends", "slow"], "backends"), (["--repeats", "3"], "repeats")):
+        r = fwbench("run", "--resume", str(out), *args, env=env)
+        assert r.returncode == 2 and name in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+    same = fwbench("run", "--resume", str(out), "--timeout", "3600", env=env)
+    assert same.returncode == 0, same.stderr
+    # a changed environment (here: the recorded task definition) is refused unless forced
+    meta_path = out / "run.json"
+    meta = json.loads(meta_path.read_text())
+    meta["tasks"]["mlp"]["target_accuracy"] = 0.5
+    meta["config"]["seeds"] = [0, 1]  # so that the forced resume has a cell to run
+    meta_path.write_text(json.dumps(meta))
+    r = fwbench("run", "--resume", str(out), env=env)
+    assert r.returncode == 2 and "task mlp definition changed (target_accuracy)" in r.stderr
+    assert "--force-resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    forced = fwbench("run", "--resume", str(out), "--force-resume", env=env)
+    assert forced.returncode == 0, forced.stderr
+    resumed = json.loads(meta_path.read_text())["resumed"]
+    assert resumed[-1]["forced"] and any("mlp" in d for d in resumed[-1]["differences"])
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    assert fwbench("run", "--force-resume", env=env).returncode == 2
+
+
+def test_a_broken_or_clashing_plugin_is_a_warning_not_a_failure(tmp_path, toys):
+    from toy_plugin import make_dist
+
+    folder = tmp_path / "bad-plugins"
+    make_dist(folder, "fwbench-broken", {"broken": "fwbench_broken_mod:BACKEND"},
+              module="raise ImportError('this plugin needs a library that is missing')\n")
+    make_dist(folder, "fwbench-impostor", {"torch": "fwbench_impostor_mod:BACKEND"},
+              module="from fwbench.harness.adapter import Backend\n"
+                     "BACKEND = Backend('torch', 'nowhere:Nothing', ())\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(folder), toys["PYTHONPATH"]])}
+    r = fwbench("list", env=env)
+    assert r.returncode == 0, r.stderr
+    warnings = r.stderr.strip().splitlines()
+    assert len(warnings) == 2, r.stderr
+    assert any("fwbench-broken" in w and "ImportError" in w and "skipped" in w for w in warnings)
+    assert any("fwbench-impostor" in w and "'torch'" in w and "ignored" in w for w in warnings)
+    torch_row = next(x for x in r.stdout.splitlines() if x.strip("│ ").startswith("torch "))
+    assert "built-in" in torch_row
+    ok = fwbench("run", "--profile", "smoke", "--tasks", "mlp", "--backends", "constant",
+                 "--out", str(tmp_path / "run"), env=env)
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_corrupted_data_file_is_one_line(tmp_path, real_data_dir):

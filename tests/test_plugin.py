@@ -1,5 +1,7 @@
-"""A toy plugin backend (tests/plugin, plain NumPy) installed into this environment: it must
-be listed, pass ``fwbench check`` and the conformance suite, and run, like any built-in."""
+"""A toy plugin backend (tests/plugin, plain NumPy), pip-installed into a throw-away target
+folder (never into the environment the tests run in, so an interrupted test leaves nothing
+registered): it must be listed, pass ``fwbench check`` and the conformance suite, and run,
+like any built-in."""
 
 import json
 import os
@@ -12,17 +14,30 @@ import pytest
 PLUGIN = Path(__file__).parent / "plugin"
 
 
+TARGET: dict[str, str] = {}
+
+
 def sh(*args, env=None):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    if TARGET:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [TARGET["path"], env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
-def plugin_installed():
-    r = sh("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(PLUGIN))
+def plugin_installed(tmp_path_factory):
+    target = tmp_path_factory.mktemp("plugin-env")
+    build = tmp_path_factory.mktemp("plugin-src")
+    import shutil
+
+    shutil.copytree(PLUGIN, build / "plugin")  # the build writes egg-info next to the sources
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                        "--no-index", "--target", str(target), str(build / "plugin")],
+                       capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    TARGET["path"] = str(target)
     yield
-    sh("-m", "pip", "uninstall", "-y", "fwbench-numpy-toy")
+    TARGET.clear()
 
 
 def test_plugin_is_listed_checked_conformant_and_runs(plugin_installed, tmp_path):
