@@ -168,33 +168,22 @@ def run_cmd(
         raise FwbenchError("--resume continues RUN_DIR in place; drop --out")
 
     # The options given, as the configuration stores them (compared on --resume).
-    given: dict = {}
-    if task_names is not None:
-        given["tasks"] = tuple(task_names)
-    if profile is not None:
-        given["profile"] = profile
-    if seeds is not None:
-        given["seeds"] = tuple(range(seeds))
-    if threads is not None:
-        given["threads"] = threads
-    if timeout is not None:
-        given["timeout_s"] = timeout
-    if data_dir is not None:
-        given["data_dir"] = str(data_dir)
-    if repeats is not None:
-        given["repeats"] = repeats
-    if deterministic is not None:
-        given["deterministic"] = bool(deterministic)
-    if memory_limit is not None:
-        given["memory_limit_gib"] = round(memory_limit, 2)
-    if until_ci is not None:
-        given["until_ci_pct"] = until_ci
-    if max_processes is not None:
-        given["max_processes"] = max_processes
-    if allow_busy is not None:
-        given["allow_busy"] = bool(allow_busy)
-    if denormals is not None:
-        given["denormals"] = denormals
+    normalised = {
+        "tasks": tuple(task_names) if task_names is not None else None,
+        "profile": profile,
+        "seeds": tuple(range(seeds)) if seeds is not None else None,
+        "threads": threads,
+        "timeout_s": timeout,
+        "data_dir": str(data_dir) if data_dir is not None else None,
+        "repeats": repeats,
+        "deterministic": deterministic,
+        "memory_limit_gib": round(memory_limit, 2) if memory_limit is not None else None,
+        "until_ci_pct": until_ci,
+        "max_processes": max_processes,
+        "allow_busy": allow_busy,
+        "denormals": denormals,
+    }
+    given = {k: v for k, v in normalised.items() if v is not None}
 
     if resume is not None:
         run_dir = resume
@@ -206,17 +195,13 @@ def run_cmd(
         config = runner.prepare_resume(run_dir, given, known, force_resume)
     else:
         backend_names, known = _select_backends(backends)
-        profile = profile or "quick"
-        n_seeds = spec.PROFILE_INFO[profile].default_seeds if seeds is None else seeds
-        config = runner.RunConfig(
-            tuple(task_names or spec.TASKS), tuple(backend_names), profile, tuple(range(n_seeds)),
-            threads or len(cpus), timeout or 3600.0,
-            str(data_dir) if data_dir else os.environ.get("FWBENCH_DATA_DIR"),
-            repeats=spec.PROFILE_INFO[profile].default_repeats if repeats is None else repeats,
-            deterministic=bool(deterministic),
-            memory_limit_gib=round(memory_limit or 0.75 * total_gib, 2),
-            allow_busy=bool(allow_busy), until_ci_pct=until_ci, max_processes=max_processes or 20,
-            denormals=denormals or "flush")
+        prof = spec.PROFILE_INFO[profile or "quick"]
+        config = runner.RunConfig(**{  # the defaults, then what was given
+            "tasks": tuple(spec.TASKS), "profile": prof.name,
+            "seeds": tuple(range(prof.default_seeds)), "threads": len(cpus), "timeout_s": 3600.0,
+            "data_dir": os.environ.get("FWBENCH_DATA_DIR"), "repeats": prof.default_repeats,
+            "memory_limit_gib": round(0.75 * total_gib, 2), **given,
+            "backends": tuple(backend_names)})
         run_dir = out or runner.new_run_dir()
         if (run_dir / runner.RESULTS).exists():
             raise FwbenchError(f"{run_dir} already holds results; use --resume {run_dir} or another --out")
