@@ -12,18 +12,21 @@ snapshot (``run.meta.tasks``, see ``task_facts``), never from today's ``spec.TAS
 run folder is reported with the definitions it ran with.
 
 Throughput has one definition, ``throughput()``: batch size / median steady-state step
-time. A backend's figure uses the median step time the statistics compute over all its
-finished processes; a process's (the scatter's small dots) that process's median step,
-which is also how the worker defines a record's ``throughput_samples_s``.
+time. A backend's figure uses the median over its finished processes of each process's own
+median step (``stats.process_figure``); a process's (the scatter's small dots) that
+process's median step, which is also how the worker defines a record's
+``throughput_samples_s``.
 
-All statistics go through the section "the statistics seam" below, the only code that
-calls ``harness.stats``.
+The unit of replication is one worker process. All statistics go through the section "the
+statistics seam" below, the only code that calls ``harness.stats``: the pairwise tests of a
+report form ONE Holm family over every task, accuracies are compared by TOST over seeds
+against each task's most accurate backend, and ``run_changes`` is what ``fwbench compare``
+gates on.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import importlib.util
 import math
@@ -37,43 +40,98 @@ from . import records, stats
 from .records import CellRecord, Run, RunMeta
 
 # ------------------------------------------------------------------ the statistics seam
-# The one place that calls ``harness.stats`` (summaries, pairwise tests, ALPHA, sentences)
-# and turns its objects into this module's own, so a new statistics module (process-level
-# figures, Holm) changes only this section.
+# The one place that calls ``harness.stats`` and turns its objects into this module's own.
+# The unit of replication is one worker process: every figure below is computed over the
+# per-process medians (``stats.process_figure``), never over pooled steps.
 
 ALPHA = stats.ALPHA
-PAIR_TEST = "two-sided Mann-Whitney U on the step times"
+MIN_PROCESSES = stats.MIN_PROCESSES
+CV_FLAG = stats.CV_FLAG
+EQUIVALENCE_MARGIN = stats.EQUIVALENCE_MARGIN
+PAIR_TEST = ("an exact two-sided Mann-Whitney test over the per-process median step times, "
+             "with Holm's correction over every pair of every task of the report "
+             f"({ALPHA:g} family-wise)")
+
+FASTER, NO_DIFFERENCE, TOO_FEW = stats.VERDICT_FASTER, stats.VERDICT_NONE, stats.VERDICT_FEW
+EQUIVALENT, NOT_SHOWN, FEW_SEEDS = "equivalent", "not shown", "too few seeds"
+REGRESSION, IMPROVEMENT, NO_CHANGE = stats.REGRESSION, stats.IMPROVEMENT, stats.NO_CHANGE
+INCONCLUSIVE = "inconclusive"  # stats says "inconclusive: this machine's speed moved by ..."
 
 
 @dataclass
 class StepSummary:
-    """What the statistics say of one (task, backend) of a run."""
+    """What the statistics say of one (task, backend) of a run, over its processes."""
 
     task: str
     backend: str
     accuracy: float | None  # median over seeds
-    accuracy_ci: tuple[float, float] | None
-    step_ms: float | None  # median steady-state step time over the backend's processes
-    step_ci: tuple[float, float] | None
-    samples: np.ndarray  # pooled steady-state steps (display only: p90)
+    accuracy_ci: tuple[float, float] | None  # exact order-statistic CI, coverage below
+    accuracy_ci_level: float | None
+    accuracies: list[float]  # one per seed
+    step_ms: float | None  # median of the per-process figures
+    step_ci: tuple[float, float] | None  # None below MIN_PROCESSES
+    step_ci_level: float | None  # its real coverage (order statistics move in steps)
+    figures: list[float]  # one per process: the median of its steady-state steps
+    cv: float | None  # process-to-process coefficient of variation
+    cv_flagged: bool  # cv > CV_FLAG
+    spread: tuple[float, float] | None  # within-process p10, p90 (ms)
     raw: Any = field(default=None, repr=False)  # the stats object, for pairwise tests
+
+    @property
+    def processes(self) -> int:
+        return len(self.figures)
 
 
 @dataclass
 class Pair:
-    """Step time of two backends (or of one backend in two runs), as tested."""
+    """Step time of two backends of one task, over processes, tested in the report's family."""
 
     task: str
-    faster: str
+    faster: str  # the lower median (listed first also when not significant)
     slower: str
     ratio: float | None  # slower median / faster median
-    p_value: float | None  # None: not tested (too few runs)
-    significant: bool
+    ratio_ci: tuple[float, float] | None
+    p_value: float | None  # Holm-adjusted; None: no verdict possible (too few processes)
+    n_a: int  # processes of `faster`
+    n_b: int
+    verdict: str  # FASTER, NO_DIFFERENCE or TOO_FEW
+    family: int  # comparisons in the Holm family
     sentence: str  # the statistics' own wording of the result
 
     @property
+    def significant(self) -> bool:
+        return self.verdict == FASTER
+
+    @property
     def tested(self) -> bool:
-        return self.p_value is not None
+        return self.verdict != TOO_FEW
+
+
+@dataclass
+class Equivalence:
+    """Accuracy of a backend against a reference backend over seeds (TOST, +-margin)."""
+
+    verdict: str  # EQUIVALENT, NOT_SHOWN or FEW_SEEDS
+    diff: float | None  # mean difference, this backend - the reference (fraction)
+    ci: tuple[float, float] | None  # (1 - 2 alpha) CI of the difference
+    p_value: float | None
+    n: int  # seeds of this backend
+    n_ref: int
+    margin: float
+    ci_level: float  # of ``ci``: 1 - 2 alpha
+
+
+def summaries(run: Run) -> dict[tuple[str, str], StepSummary]:
+    """(task, backend) -> its ``StepSummary``, over every record of the run."""
+    batch = {name: b for name in run.meta.tasks if (b := task_facts(run, name).batch)}
+    out = {}
+    for s in stats.summarize([_stats_input(r) for r in run.records], batch):
+        out[(s.task, s.backend)] = StepSummary(
+            s.task, s.backend, s.accuracy, _pair_of(s.accuracy_ci), s.accuracy_ci_level,
+            list(s.accuracies), s.step_ms, _pair_of(s.step_ci), s.step_ci_level,
+            list(s.figures), s.cv, stats.cv_flagged(s.figures),
+            (s.spread.p10, s.spread.p90) if s.spread else None, s)
+    return out
 
 
 def _stats_input(r: CellRecord) -> dict[str, Any]:
@@ -83,45 +141,97 @@ def _stats_input(r: CellRecord) -> dict[str, Any]:
             "step_samples_ms": list(r.step_samples_ms or [])}
 
 
-def summaries(run: Run) -> dict[tuple[str, str], StepSummary]:
-    """(task, backend) -> its ``StepSummary``, over every record of the run."""
-    batch = {name: b for name in run.meta.tasks if (b := task_facts(run, name).batch)}
-    out = {}
-    for s in stats.summarize([_stats_input(r) for r in run.records], batch):
-        out[(s.task, s.backend)] = StepSummary(
-            s.task, s.backend, s.accuracy, _pair_of(s.accuracy_ci), s.step_ms,
-            _pair_of(s.step_ci), np.asarray(s.samples, dtype=float), s)
-    return out
-
-
 def _pair_of(ci: Any) -> tuple[float, float] | None:
     return (float(ci[0]), float(ci[1])) if ci else None
 
 
-def _pair(c: Any) -> Pair:
-    # A statistics module that can refuse a verdict ("too few runs") says so in ``verdict``,
-    # and tests many pairs as a family (``p_adjusted``): the p that decided is the one shown.
-    few = getattr(stats, "VERDICT_FEW", None)
-    decided = few is None or getattr(c, "verdict", None) != few
-    p = getattr(c, "p_adjusted", c.p_value) if decided else None
-    return Pair(c.task, c.faster, c.slower, c.ratio, p, bool(c.significant), c.sentence())
-
-
 def pairs(found: Iterable[StepSummary]) -> list[Pair]:
-    """Every pair of backends of each task, by step time."""
-    return [_pair(c) for c in stats.pairwise([s.raw for s in found])]
+    """Every pair of backends of every task passed in, by per-process step times, with Holm
+    over ALL of them (one family for the whole report)."""
+    return [Pair(c.task, c.faster, c.slower, c.ratio, _pair_of(c.ratio_ci), c.p_adjusted,
+                 c.n_a, c.n_b, c.verdict, c.family, c.sentence())
+            for c in stats.pairwise([s.raw for s in found])]
 
 
-def run_pairs(matched: dict[tuple[str, str], tuple[StepSummary, StepSummary]],
-              a: str = "A", b: str = "B") -> dict[tuple[str, str], Pair]:
-    """Each (task, backend) of run A against itself in run B, tested as one family."""
-    renamed = []
+def equivalence(reference: list[float], other: list[float]) -> Equivalence:
+    """TOST over seeds of ``other``'s accuracies against ``reference``'s (+-EQUIVALENCE_MARGIN)."""
+    e = stats.tost_equivalence(reference, other)
+    return Equivalence(e.verdict, e.diff, _pair_of(e.ci), e.p_value, e.n_b, e.n_a, e.margin,
+                       1 - 2 * e.alpha)
+
+
+@dataclass
+class Interval:
+    """A ratio B / A with its bootstrap interval over processes (or drift probes)."""
+
+    ratio: float
+    lo: float
+    hi: float
+    level: float
+    n_a: int
+    n_b: int
+
+
+@dataclass
+class CellChange:
+    """One (task, backend) of run A against itself in run B."""
+
+    ratio: float | None  # median B / median A (> 1: B slower); None: a side has no figure
+    ci: Interval | None  # at the Bonferroni level of the compare; None: too few processes
+    p_value: float | None  # exact Mann-Whitney over processes, Holm over the common cells
+    n_a: int
+    n_b: int
+    verdict: str  # REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE or TOO_FEW
+    detail: str  # stats' own wording of the verdict ("inconclusive: this machine's ...")
+
+
+@dataclass
+class Changes:
+    """Every common (task, backend) of two runs, and the machine's drift between them."""
+
+    cells: dict[tuple[str, str], CellChange]
+    drift: Interval | None  # the drift probes' B / A; None: too few probes in a run
+    probes: tuple[int, int]  # drift probes with a figure in A and in B
+    threshold_pct: float
+    cell_level: float  # of each cell's interval
+    drift_level: float
+
+
+def _interval(c: Any) -> Interval | None:
+    return c and Interval(c.ratio, c.lo, c.hi, c.level, c.n_a, c.n_b)
+
+
+def run_changes(matched: dict[tuple[str, str], tuple[StepSummary, StepSummary]],
+                probes_a: list[float], probes_b: list[float], threshold_pct: float) -> Changes:
+    """Run B against run A per common (task, backend), as ``fwbench compare`` gates on it.
+
+    The gate's false-alarm rate is kept <= ALPHA over the whole compare by Bonferroni: the
+    drift interval at 1 - ALPHA/2 and each of the m cells' change intervals at
+    1 - ALPHA/(2m) (1 - ALPHA/m without drift probes), so every verdict holds jointly with
+    the drift correction (``stats.regression_verdict``). The p-values are the exact test
+    over processes with Holm over the m cells (not corrected for drift)."""
+    d = stats.machine_drift(probes_a, probes_b, level=1 - ALPHA / 2)
+    m = max(len(matched), 1)
+    level = 1 - ALPHA / (2 * m) if d is not None else 1 - ALPHA / m
+    tests = {k: stats.test_difference(sa.figures, sb.figures) for k, (sa, sb) in matched.items()}
+    adjusted = dict(zip(tests, stats.holm(tests.values())))
+    cells = {}
     for key, (sa, sb) in matched.items():
-        label = "/".join(key)
-        renamed += [dataclasses.replace(sa.raw, task=label, backend=a),
-                    dataclasses.replace(sb.raw, task=label, backend=b)]
-    by_label = {"/".join(k): k for k in matched}
-    return {by_label[c.task]: c for c in map(_pair, stats.pairwise(renamed))}
+        change = stats.ratio_ci(sa.figures, sb.figures, level=level)
+        ratio = sb.step_ms / sa.step_ms if sa.step_ms and sb.step_ms is not None else None
+        if change is None:
+            verdict = detail = TOO_FEW
+        else:
+            detail = stats.regression_verdict(change, d, threshold_pct)
+            verdict = INCONCLUSIVE if detail.startswith(INCONCLUSIVE) else detail
+        cells[key] = CellChange(ratio, _interval(change), adjusted[key], sa.processes,
+                                sb.processes, verdict, detail)
+    return Changes(cells, _interval(d), (len(_finite(probes_a)), len(_finite(probes_b))),
+                   threshold_pct, level, 1 - ALPHA / 2)
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values if not missing(v)]
 
 
 # ------------------------------------------------------------------ the run's own tasks
@@ -186,25 +296,33 @@ class Point:
 
 @dataclass
 class BackendResult:
-    """One backend on one task: medians over the cells that finished."""
+    """One backend on one task: medians over the processes that finished."""
 
     task: str
     backend: str
     cells: int
     ok: int
-    runs: int  # finished processes that measured step times (seeds x repeats)
+    processes: int  # finished processes that measured step times (seeds and repeats)
     statuses: list[str]  # statuses of the cells that did not finish
-    accuracy: float | None = None
+    accuracy: float | None = None  # median over seeds
     accuracy_ci: tuple[float, float] | None = None
+    accuracy_ci_level: float | None = None  # the interval's real coverage
+    accuracies: list[float] = field(default_factory=list)  # one per seed
+    equivalence: Equivalence | None = None  # against the task's most accurate backend
     seeds: int = 0  # finished repeat-0 cells with an accuracy
     reached: int = 0  # of those, how many reached the target
-    to_target_s: float | None = None  # median over seeds; a seed that never got there counts as infinite
+    to_target_s: float | None = None  # median over seeds (never = infinite): None unless most reached
     train_s: float | None = None
     throughput: float | None = None  # throughput(batch, step_p50)
     throughput_ci: tuple[float, float] | None = None
-    step_p50: float | None = None
-    step_ci: tuple[float, float] | None = None
-    step_p90: float | None = None
+    step_p50: float | None = None  # median of the per-process medians
+    step_ci: tuple[float, float] | None = None  # None below MIN_PROCESSES
+    step_ci_level: float | None = None  # its real coverage
+    spread: tuple[float, float] | None = None  # within-process p10, p90 (ms)
+    cv: float | None = None  # process-to-process coefficient of variation
+    cv_flagged: bool = False  # cv > CV_FLAG
+    busy: int = 0  # finished processes that ran while other processes used their cores
+    stopping: records.Stopping | None = None  # run.json: how many processes and why no more
     first_step_s: float | None = None
     start_s: float | None = None  # import + setup + first step
     peak_mib: float | None = None
@@ -225,6 +343,10 @@ class BackendResult:
     def finished(self) -> bool:
         return self.ok > 0
 
+    @property
+    def flagged(self) -> bool:
+        return self.cv_flagged or self.busy > 0
+
 
 @dataclass
 class TaskResult:
@@ -234,6 +356,7 @@ class TaskResult:
     batch: int | None
     rows: list[BackendResult]  # ranked: time to target, then throughput; unfinished last
     pairs: list[Pair]  # step times of every two backends
+    reference: str | None = None  # the most accurate backend, the others' TOST reference
 
     @property
     def finished(self) -> list[BackendResult]:
@@ -241,6 +364,10 @@ class TaskResult:
 
     def pair(self, a: str, b: str) -> Pair | None:
         return next((p for p in self.pairs if {p.faster, p.slower} == {a, b}), None)
+
+    def by_throughput(self) -> list[BackendResult]:
+        return sorted((r for r in self.finished if r.throughput is not None),
+                      key=lambda r: (-r.throughput, r.backend))
 
 
 @dataclass
@@ -263,11 +390,16 @@ class AdapterSize:
 
 @dataclass
 class Entry:
-    """The winner of one criterion on one task."""
+    """The leader of one criterion on one task."""
 
     backend: str
     value: float
-    tied_with: str | None = None  # the runner-up, where the difference is not significant
+    state: str = "decided"  # "decided"; throughput also "tied" (not significant) or "few"
+    runner_up: str | None = None  # the second, where the lead is not decided
+
+    @property
+    def decided(self) -> bool:
+        return self.state == "decided"
 
 
 @dataclass
@@ -278,7 +410,8 @@ class Pick:
     per_task: dict[str, Entry | None]
     winners: list[str]  # the backend(s) winning on most tasks
     wins: int = 0  # tasks each winner won (smallest adapter: its lines of code)
-    decided: int = 0  # tasks with a winner
+    decided: int = 0  # tasks with a decided winner
+    undecided: int = 0  # tasks whose leader is tied or has too few runs
 
 
 @dataclass
@@ -291,6 +424,8 @@ class Analysis:
     picks: list[Pick]
     backends: list[str]  # in a stable order (the run's config first), for colours
     versions: dict[str, str]  # backend -> framework version(s) the records report
+    family: int = 0  # pairs in the report's one Holm family (those that can reach a verdict)
+    drift_ms: list[float] = field(default_factory=list)  # the run's drift probes, one per round
 
     @property
     def meta(self) -> RunMeta:
@@ -301,44 +436,46 @@ class Analysis:
         return self.run.records
 
     @property
+    def drift_range(self) -> tuple[float, float] | None:
+        """Fastest and slowest drift probe of the run (ms)."""
+        return (min(self.drift_ms), max(self.drift_ms)) if self.drift_ms else None
+
+    @property
     def seeds(self) -> int:
         return len(self.meta.config.get("seeds") or []) or len({r.seed for r in self.records})
 
     @property
     def repeats(self) -> int:
-        return int(self.meta.config.get("repeats") or 1)
+        """Timing-only processes per (task, backend) after the seeds' training runs."""
+        return int(self.meta.config.get("repeats") or 0)
 
 
 def backend_result(task: str, backend: str, rs: list[CellRecord], summary: StepSummary | None,
-                   target: float | None, batch: int | None) -> BackendResult:
+                   target: float | None, batch: int | None,
+                   stopping: records.Stopping | None = None) -> BackendResult:
     ok = [r for r in rs if r.ok]
     main = [r for r in ok if r.repeat == 0]
-    timed = [r for r in ok if r.step_samples_ms]
-    several = len(timed) >= 2  # a CI over one process's steps would hide run-to-run variation
-    b = BackendResult(task, backend, len(rs), len(ok), len(timed),
-                      sorted({r.status for r in rs if not r.ok}))
+    b = BackendResult(task, backend, len(rs), len(ok), summary.processes if summary else 0,
+                      sorted({r.status for r in rs if not r.ok}), stopping=stopping)
     with_acc = [r for r in main if r.test_accuracy is not None]
     b.seeds = len(with_acc)
     if target is not None:
         times = [r.time_to_target_s for r in with_acc]
         b.reached = sum(t is not None for t in times)
-        if times:
+        if times:  # a seed that never got there counts as infinite: no median of a minority
             med = float(np.median([math.inf if t is None else t for t in times]))
             b.to_target_s = med if math.isfinite(med) else None
     b.train_s = _median(r.train_time_s for r in main)
     if summary is not None:
-        b.accuracy, b.step_p50 = summary.accuracy, summary.step_ms
-        b.accuracy_ci = summary.accuracy_ci
-        if several:
-            b.step_ci = summary.step_ci
-        if len(summary.samples):
-            b.step_p90 = float(np.percentile(summary.samples, 90))
-    if b.step_p90 is None:
-        b.step_p90 = _median(r.step_time_ms.p90 for r in ok)
+        b.accuracy, b.accuracy_ci = summary.accuracy, summary.accuracy_ci
+        b.accuracy_ci_level, b.accuracies = summary.accuracy_ci_level, summary.accuracies
+        b.step_p50, b.step_ci, b.step_ci_level = summary.step_ms, summary.step_ci, summary.step_ci_level
+        b.spread, b.cv, b.cv_flagged = summary.spread, summary.cv, summary.cv_flagged
     if b.step_p50 is None:
         b.step_p50 = _median(r.step_time_ms.p50 for r in ok)
     b.throughput = throughput(batch, b.step_p50)
     b.throughput_ci = throughput_ci(batch, b.step_ci)
+    b.busy = sum(bool((r.noise or {}).get("busy")) for r in ok)
     b.first_step_s = _median(r.first_step_s for r in ok)
     b.start_s = _median(r.import_s + r.setup_s + r.first_step_s for r in ok
                         if not any(missing(v) for v in (r.import_s, r.setup_s, r.first_step_s)))
@@ -358,6 +495,19 @@ def backend_result(task: str, backend: str, rs: list[CellRecord], summary: StepS
     if shown:
         b.memory_seed, b.memory_timeline = shown[0].seed, shown[0].memory_timeline
     return b
+
+
+def accuracy_reference(rows: list[BackendResult]) -> str | None:
+    """The most accurate backend (highest median over seeds); every other backend's accuracy
+    is tested for equivalence against it (``equivalence``), so each row holds its own."""
+    accs = [r for r in rows if r.finished and r.accuracy is not None]
+    if len(accs) < 2:
+        return None
+    best = max(accs, key=lambda r: (r.accuracy, -rows.index(r)))
+    for r in accs:
+        if r is not best:
+            r.equivalence = equivalence(best.accuracies, r.accuracies)
+    return best.backend
 
 
 def _rank(rows: list[BackendResult]) -> list[BackendResult]:
@@ -449,28 +599,41 @@ def _winner(rows: list[BackendResult], key, better_low: bool) -> BackendResult |
     return (min if better_low else max)(rows, key=key)
 
 
+def throughput_lead(t: TaskResult) -> Entry | None:
+    """The task's highest throughput, decided only where the step-time difference between the
+    top two is significant in the report's family: else "tied" (tested, not significant) or
+    "few" (too few processes for a verdict)."""
+    tp = t.by_throughput()
+    if not tp:
+        return None
+    entry = Entry(tp[0].backend, tp[0].throughput)
+    c = t.pair(tp[0].backend, tp[1].backend) if len(tp) > 1 else None
+    if c is not None and not c.significant:
+        entry.state, entry.runner_up = ("tied" if c.tested else "few"), tp[1].backend
+    return entry
+
+
 def picks(tasks: list[TaskResult], adapters: dict[str, AdapterSize]) -> list[Pick]:
-    """"Which framework for what": the winner of each criterion per task, and overall."""
+    """"Which framework for what": the leader of each criterion per task, and overall (the
+    backend(s) with the most decided wins; an undecided lead wins nothing)."""
     out = []
     for label, (key, low) in CRITERIA.items():
         per_task: dict[str, Entry | None] = {}
         wins: dict[str, int] = {}
         for t in tasks:
-            w = _winner(t.rows, key, low)
-            if w is None:
-                per_task[t.task] = None
-                continue
-            entry = Entry(w.backend, key(w))
             if label == "highest throughput":
-                tp = sorted((r for r in t.finished if r.throughput is not None), key=lambda r: -r.throughput)
-                c = t.pair(tp[0].backend, tp[1].backend) if len(tp) > 1 else None
-                if c is not None and c.tested and not c.significant:
-                    entry.tied_with = tp[1].backend
+                entry = throughput_lead(t)
+            else:
+                w = _winner(t.rows, key, low)
+                entry = Entry(w.backend, key(w)) if w is not None else None
             per_task[t.task] = entry
-            wins[w.backend] = wins.get(w.backend, 0) + 1
+            if entry is not None and entry.decided:
+                wins[entry.backend] = wins.get(entry.backend, 0) + 1
         best = max(wins.values(), default=0)
         names = sorted(b for b, k in wins.items() if k == best) if wins else []
-        out.append(Pick(label, per_task, names, best, sum(e is not None for e in per_task.values())))
+        entries = [e for e in per_task.values() if e is not None]
+        out.append(Pick(label, per_task, names, best, sum(e.decided for e in entries),
+                        sum(not e.decided for e in entries)))
     sized = {b: a.loc for b, a in adapters.items() if a.loc}
     if sized:
         small = min(sized.values())
@@ -504,7 +667,7 @@ def analyze(source: str | Path | Run) -> Analysis:
     """Everything the reports show, computed once from the run folder (or a loaded ``Run``)."""
     run = source if isinstance(source, Run) else records.load_run(source)
     found = summaries(run)
-    all_pairs = pairs(found.values())
+    all_pairs = pairs(found.values())  # one Holm family: every pair of every task
     task_order = list(run.meta.config.get("tasks") or [])
     for r in run.records:
         if r.task not in task_order:
@@ -517,16 +680,20 @@ def analyze(source: str | Path | Run) -> Analysis:
     for name in task_order:
         facts = task_facts(run, name)
         rows = [backend_result(name, b, groups[(name, b)], found.get((name, b)), facts.target,
-                               facts.batch)
+                               facts.batch, run.meta.stopping.get(f"{name}/{b}"))
                 for b in order if (name, b) in groups]
         if rows:
+            reference = accuracy_reference(rows)
             tasks.append(TaskResult(name, facts.description, facts.target, facts.batch,
-                                    _rank(rows), [p for p in all_pairs if p.task == name]))
+                                    _rank(rows), [p for p in all_pairs if p.task == name],
+                                    reference))
     failed = [FailedCell(r.task, r.backend, r.seed, r.repeat, r.status, one_line(r.error))
               for r in run.records if not r.ok]
     adapters = adapter_sizes(order, run.meta)
-    return Analysis(run.path.resolve().name, run, tasks, failed, adapters, picks(tasks, adapters), order,
-                    framework_versions(run, order))
+    family = max((p.family for p in all_pairs if p.tested), default=0)
+    return Analysis(run.path.resolve().name, run, tasks, failed, adapters, picks(tasks, adapters),
+                    order, framework_versions(run, order), family,
+                    _finite(p.median_ms for p in run.meta.drift_probes))
 
 
 def as_analysis(source: str | Path | Run | Analysis) -> Analysis:

@@ -1,9 +1,12 @@
 """``fwbench compare RUN_A RUN_B``: what changed per (task, backend), and is it real?
 
-Both runs are read through ``records.load_run``; their step times are tested against each
-other by the same statistics as the reports (``analysis.run_pairs``, every common
-(task, backend) in one family). A change is a regression when B is significantly slower
-than A. Task facts (batch size) come from each run's own snapshot.
+Both runs are read through ``records.load_run``; each common (task, backend) is compared over
+its processes (``analysis.run_changes``): the ratio of medians B/A with a bootstrap interval
+at a Bonferroni level, the exact test with Holm over the common cells, and the machine's own
+speed change between the runs from the drift probes of both (``run.json``). A cell is a
+regression only when its slowdown, corrected for that drift, is significantly larger than
+the threshold; one the drift could explain is inconclusive. Task facts (batch size) come
+from each run's own snapshot.
 """
 
 from __future__ import annotations
@@ -22,13 +25,22 @@ from .records import Run
 class Change:
     task: str
     backend: str
-    step_a: float | None  # median steady-state step, ms
+    step_a: float | None  # median over processes of each process's median step, ms
     step_b: float | None
     step_pct: float | None  # + = B slower
-    p_value: float | None  # None: too few runs to test
-    significant: bool
+    ratio: float | None  # step_b / step_a
+    ratio_ci: tuple[float, float] | None  # at the compare's Bonferroni level
+    p_value: float | None  # Holm-adjusted over the common cells; None: too few processes
+    n_a: int  # processes
+    n_b: int
+    verdict: str  # analysis.REGRESSION, IMPROVEMENT, NO_CHANGE, INCONCLUSIVE or TOO_FEW
+    detail: str  # the full verdict ("inconclusive: this machine's speed moved by ...")
     throughput_pct: float | None  # analysis.throughput, each run with its own batch size
+    memory_a: float | None  # median peak RSS, MiB
+    memory_b: float | None
     memory_pct: float | None
+    accuracy_a: float | None  # median over seeds, fraction
+    accuracy_b: float | None
     accuracy_delta: float | None  # B - A, fraction
 
     @property
@@ -36,8 +48,28 @@ class Change:
         return self.p_value is not None
 
     @property
-    def regression_pct(self) -> float:
-        return self.step_pct if self.significant and self.step_pct and self.step_pct > 0 else 0.0
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value <= analysis.ALPHA
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict == analysis.REGRESSION
+
+
+@dataclass
+class Comparison:
+    """Every common (task, backend), and the machine's drift between the runs."""
+
+    changes: list[Change]
+    stats: analysis.Changes  # the drift, the threshold and the intervals' levels
+
+    @property
+    def regressions(self) -> list[Change]:
+        return [c for c in self.changes if c.regression]
+
+    @property
+    def inconclusive(self) -> list[Change]:
+        return [c for c in self.changes if c.verdict == analysis.INCONCLUSIVE]
 
 
 def _run(source: str | Path | Run) -> Run:
@@ -88,26 +120,32 @@ def definition_differences(a: str | Path | Run, b: str | Path | Run) -> list[str
     return out
 
 
-def compare(a: str | Path | Run, b: str | Path | Run) -> list[Change]:
+def drift_probes(run: Run) -> list[float]:
+    """The run's drift probes (one process each, its median ms; run.json)."""
+    return [p.median_ms for p in run.meta.drift_probes if p.median_ms is not None]
+
+
+def compare(a: str | Path | Run, b: str | Path | Run, threshold_pct: float = 0.0) -> Comparison:
+    """Run B against run A; a cell is a regression when its drift-corrected slowdown is
+    significantly beyond ``threshold_pct`` (``fwbench compare --fail-on-regression``)."""
     ra, rb = _run(a), _run(b)
     sa, sb = analysis.summaries(ra), analysis.summaries(rb)
     matched = {k: (sa[k], sb[k]) for k in sa if k in sb}
     if not matched:
         raise FwbenchError(f"{ra.path} and {rb.path} have no (task, backend) in common")
-    tested = analysis.run_pairs(matched)
+    found = analysis.run_changes(matched, drift_probes(ra), drift_probes(rb), threshold_pct)
     out = []
     for key, (x, y) in matched.items():
-        pair = tested.get(key)
+        c = found.cells[key]
         ok = lambda run: [r for r in run.records if r.ok and (r.task, r.backend) == key]  # noqa: E731
         mem_a = _median(r.peak_rss_mib for r in ok(ra))
         mem_b = _median(r.peak_rss_mib for r in ok(rb))
-        significant = bool(pair and pair.significant)
         out.append(Change(
-            key[0], key[1], x.step_ms, y.step_ms, _pct(x.step_ms, y.step_ms),
-            pair.p_value if pair else None, significant,
+            key[0], key[1], x.step_ms, y.step_ms, _pct(x.step_ms, y.step_ms), c.ratio,
+            (c.ci.lo, c.ci.hi) if c.ci else None, c.p_value, c.n_a, c.n_b, c.verdict, c.detail,
             _pct(analysis.throughput(_batch(ra, key[0]), x.step_ms),
                  analysis.throughput(_batch(rb, key[0]), y.step_ms)),
-            _pct(mem_a, mem_b),
+            mem_a, mem_b, _pct(mem_a, mem_b), x.accuracy, y.accuracy,
             y.accuracy - x.accuracy if x.accuracy is not None and y.accuracy is not None else None,
         ))
-    return out
+    return Comparison(out, found)

@@ -143,7 +143,8 @@ def _throughput_plot(t: TaskResult, colors: dict[str, str]) -> str | None:
     ax.set_xlim(0, top * 1.22)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.xaxis.set_major_formatter(FuncFormatter(_short))
-    ax.set_xlabel("samples/s (median step; 95% CI)" if err.any() else "samples/s (median step)")
+    ax.set_xlabel("samples/s (median step; exact CI, coverage in the table)" if err.any()
+                  else "samples/s (median step)")
     return _svg(fig, f"{t.task}-throughput", f"{t.task}: throughput by backend")
 
 
@@ -233,31 +234,39 @@ def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:
     """The ranked table as cells: shown text (the Markdown table's), CI (or ''), sort key."""
     out = []
     for r in t.rows:
+        status = "status" + (" bad" if r.statuses or r.flagged else "")
         out.append([
             _cell(str(r.position or "–"), r.position),
             _cell(r.backend, cls="backend"),
+            _cell(str(r.processes), r.processes),
             _cell(words.target_text(t, r), r.to_target_s),
-            _cell(num(r.throughput), r.throughput, words.ci_text(r.throughput_ci)),
-            _cell(pct(r.accuracy), r.accuracy, words.ci_text(r.accuracy_ci, pct)),
+            _cell(num(r.throughput), r.throughput, words.ci_text(r.throughput_ci, level=r.step_ci_level)),
+            _cell(pct(r.accuracy), r.accuracy, words.ci_text(r.accuracy_ci, pct, r.accuracy_ci_level)),
+            _cell(num(r.step_p50), r.step_p50, words.ci_text(r.step_ci, level=r.step_ci_level)),
+            _cell(words.spread_text(r), r.spread[1] - r.spread[0] if r.spread else None),
+            _cell(words.cv_text(r), r.cv),
             _cell(num(r.first_step_s), r.first_step_s),
-            _cell(num(r.step_p50), r.step_p50, words.ci_text(r.step_ci)),
-            _cell(num(r.step_p90), r.step_p90),
             _cell(num(r.peak_mib), r.peak_mib),
             _cell(num(r.start_s), r.start_s),
-            _cell(words.status_text(r), r.ok / r.cells if r.cells else 0,
-                  cls="status" + (" bad" if r.statuses else "")),
+            _cell(words.status_text(r), r.ok / r.cells if r.cells else 0, cls=status),
         ])
     return out
 
 
 COLUMNS = [("#", "place: time to target, then throughput"), ("backend", ""),
-           ("to target s", "training time until the target accuracy (median over seeds)"),
+           ("n", "finished processes with step times (seeds' training runs and timing-only repeats)"),
+           ("to target s", "training time until the target accuracy (median over seeds), with "
+                           "how many seeds reached it"),
            ("samples/s", "steady-state " + words.THROUGHPUT),
            ("test acc", "final test accuracy, median over seeds"),
+           ("step ms", "median over processes of each process's median steady-state step; "
+                       "exact interval, its coverage in parentheses where not 95%"),
+           ("within-process spread p10-p90 ms", "step-to-step jitter inside a process (median "
+                                                "over processes); not run-to-run variation"),
+           ("CV", f"process-to-process coefficient of variation; flagged above {words.CV_FLAG:.0%}"),
            ("first step s", "the first step, with tracing or compilation"),
-           ("step p50 ms", "median steady-state step"), ("step p90 ms", "90th percentile step"),
            ("peak MiB", "peak resident memory of the worker"),
-           ("start s", "import + setup + first step"), ("cells", "finished / planned")]
+           ("start s", "import + setup + first step"), ("cells", "finished / planned; flags")]
 
 
 def _picks(a: Analysis) -> list[dict[str, Any]]:
@@ -285,6 +294,7 @@ def html_report(source: str | Path | Run | Analysis) -> str:
     colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(a.backends)}
     with matplotlib.rc_context(STYLE):
         sections = [{"t": t, "verdict": words.verdict(t), "rows": table_rows(t),
+                     "processes": words.processes_line(t),
                      "plots": task_plots(a, t, colors) if t.finished else []}
                     for t in a.tasks]
     jenv = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=select_autoescape(["j2", "html"]),
@@ -292,7 +302,7 @@ def html_report(source: str | Path | Run | Analysis) -> str:
     jenv.filters["code"] = _code
     return jenv.get_template("report.html.j2").render(
         a=a, sections=sections, colors=colors, columns=COLUMNS, picks=_picks(a),
-        meta_lines=words.meta_lines(a.meta), facts={t.task: words.task_facts(t) for t in a.tasks},
+        meta_lines=words.run_lines(a), facts={t.task: words.task_facts(t) for t in a.tasks},
         sources={b: a.meta.backends[b].source if b in a.meta.backends else "" for b in a.backends},
-        cfg=a.meta.config, env=a.meta.environment, method=words.METHOD, pair_test=words.PAIR_TEST,
-        alpha=words.ALPHA)
+        cfg=a.meta.config, env=a.meta.environment, method=words.METHOD,
+        pairs_head=words.pairs_head(a))

@@ -27,7 +27,7 @@ def markdown_report(source: str | Path | Run | Analysis) -> str:
     """The whole report; pass the ``Analysis`` when you have it (it is not recomputed)."""
     a = as_analysis(source)
     parts = [f"# fwbench results: {a.name}", ""]
-    parts += [f"- {label}: {value}" for label, value in words.meta_lines(a.meta)]
+    parts += [f"- {label}: {value}" for label, value in words.run_lines(a)]
     parts += ["", words.METHOD, ""]
     if a.picks and a.tasks:
         parts += ["## Which framework for what", ""]
@@ -46,10 +46,10 @@ def markdown_report(source: str | Path | Run | Analysis) -> str:
         parts += [f"## {t.task}: {t.description}", ""]
         facts = words.task_facts(t)
         parts += ["_" + (facts + "; " if facts else "") + "ranked by time to target, then throughput._", ""]
-        parts += [markdown_table(words.task_rows(t))]
+        parts += [markdown_table(words.task_rows(t)), words.processes_line(t), ""]
         parts += [f"- {v}" for v in words.verdict(t)] + [""]
         if t.pairs:
-            parts += [f"Step time, every pair ({words.PAIR_TEST}, significant at p < {words.ALPHA}):", ""]
+            parts += [words.pairs_head(a), ""]
             parts += [f"- {p.sentence}" for p in t.pairs] + [""]
     if a.failed:
         parts += ["## Cells that did not finish", ""]

@@ -1,6 +1,6 @@
 """Tables for the terminal (``fwbench run``'s summary, ``fwbench compare``), sized for 80
-columns: few short columns, no intervals (the reports have them), and backend names never
-cut (they do not wrap; the other columns fold instead)."""
+columns: few short columns, and backend names never cut (they do not wrap; the other
+columns fold instead). The run summary has no intervals (the reports have them)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from . import verdict as words
-from .analysis import ALPHA, PAIR_TEST, Analysis
+from .analysis import Analysis
 
 NAMES = ("task", "backend")
 
@@ -34,26 +34,35 @@ def summary_table(a: Analysis, title: str) -> Table:
         for r in sorted(task.rows, key=lambda r: r.position or 10**6):
             t.add_row(task.task, r.backend, f"{r.ok}/{r.cells}", words.pct(r.accuracy),
                       words.num(r.step_p50), words.num(r.throughput), words.num(r.peak_mib),
-                      ", ".join(r.statuses) or "ok")
+                      ", ".join(r.statuses + ([words.flags_text(r)] if r.flagged else [])) or "ok")
     return t
 
 
-SUMMARY_NOTE = ("medians; samples/s = batch / median step; intervals and verdicts: "
-                "fwbench report")
+SUMMARY_NOTE = ("medians over processes; samples/s = batch / median step; ⚠: flagged (see "
+                "below); intervals and verdicts: fwbench report")
 
 
-def compare_table(changes: list, title: str) -> Table:
-    """Per (task, backend): median step in A and B, the change, whether it is significant,
-    and the changes in peak memory and accuracy."""
+def compare_table(comparison, title: str) -> Table:
+    """Per (task, backend): median step in A and B, the ratio B/A with its interval, the
+    Holm-adjusted p and the drift-corrected verdict (``compare.Comparison``;
+    ``verdict.compare_note`` says what each column is)."""
+    t = _table(title, ("task", "backend", "A ms", "B ms", "B/A", "p", "verdict"),
+               NAMES + ("verdict",))
+    for c in comparison.changes:
+        ci = f" [{c.ratio_ci[0]:.2f}, {c.ratio_ci[1]:.2f}]" if c.ratio_ci else ""
+        t.add_row(c.task, c.backend, words.num(c.step_a), words.num(c.step_b),
+                  words.ratio_text(c.ratio) + ci, "–" if c.p_value is None else words.p_text(c.p_value),
+                  words.CHANGE_WORDS[c.verdict])
+    return t
+
+
+def compare_other_table(comparison) -> Table:
+    """Per (task, backend): peak memory and test accuracy (medians), B against A."""
     pct = lambda v: "–" if v is None else f"{v:+.1f}%"  # noqa: E731
-    t = _table(title, ("task", "backend", "A ms", "B ms", "step", "sig", "memory", "acc"))
-    for c in changes:
-        sig = "–" if not c.tested else ("yes" if c.significant else "n.s.")
-        t.add_row(c.task, c.backend, words.num(c.step_a), words.num(c.step_b), pct(c.step_pct), sig,
-                  pct(c.memory_pct), "–" if c.accuracy_delta is None else f"{c.accuracy_delta * 100:+.2f}")
+    t = _table("peak memory and accuracy, B against A",
+               ("task", "backend", "A MiB", "B MiB", "change", "A acc", "B acc", "points"))
+    for c in comparison.changes:
+        t.add_row(c.task, c.backend, words.num(c.memory_a), words.num(c.memory_b),
+                  pct(c.memory_pct), words.pct(c.accuracy_a), words.pct(c.accuracy_b),
+                  "–" if c.accuracy_delta is None else words.points(c.accuracy_delta))
     return t
-
-
-COMPARE_NOTE = (f"step: change of the median step time, B against A (+ = B slower); sig: yes = "
-                f"significant ({PAIR_TEST}, p < {ALPHA}), n.s. = not significant, – = too few "
-                "runs to test; memory: peak RSS; acc: test accuracy, points")

@@ -1,26 +1,43 @@
 """The words of the reports: numbers as text, verdict sentences, the shared table cells and
-the method note. Shared by the Markdown report, the HTML report and the terminal; nothing
-here computes a statistic (``analysis`` does, once)."""
+the method note. Shared by the Markdown report, the HTML report, the terminal and
+``fwbench compare``; nothing here computes a statistic (``analysis`` does, once)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from .analysis import ALPHA, PAIR_TEST, Analysis, BackendResult, Pick, TaskResult, missing
+from .analysis import (ALPHA, CV_FLAG, EQUIVALENCE_MARGIN, EQUIVALENT, FEW_SEEDS, IMPROVEMENT,
+                       INCONCLUSIVE, MIN_PROCESSES, NO_CHANGE, PAIR_TEST, REGRESSION, TOO_FEW,
+                       Analysis, BackendResult, Changes, Equivalence, Pick, TaskResult, missing)
 from .records import RunMeta
 
 THROUGHPUT = ("throughput = batch size / median steady-state step time (samples/s); a "
-              "backend's median step is taken over all its finished processes (seeds and "
-              "timing-only repeats), a single process's over its own steps")
+              "backend's median step is the median over its finished processes (seeds and "
+              "timing-only repeats) of each process's own median step")
 
-METHOD = ("Medians over the seeds that finished, with 95% intervals where several runs "
-          "finished (a single run gets none). Step times are steady-state steps: the first "
-          "step, with its tracing or compilation, is `first step s`; `start s` = import + setup "
-          f"+ first step. One definition of speed: {THROUGHPUT}. \"A is faster than B\" only "
-          f"where a {PAIR_TEST} gives p < {ALPHA}. Time to target: median over seeds of the "
-          "training time until the test accuracy first reached the task's target (the target "
-          "this run defined); a seed that never reached it counts as never.")
+MARGIN = f"±{EQUIVALENCE_MARGIN * 100:.1f} points"
+
+METHOD = (
+    "The unit of replication is one worker process (a seed's training run or a timing-only "
+    "repeat): each process is reduced to one figure, the median of its steady-state steps "
+    "(the first step, with its tracing or compilation, is `first step s`; `start s` = import "
+    "+ setup + first step), and a backend's step time is the median of those figures over "
+    f"its `n` processes, with an exact order-statistic interval; its real coverage is shown "
+    f"in parentheses where it is not 95%, and there is no interval below {MIN_PROCESSES} "
+    "processes. The within-process spread (p10-p90 of the steps inside a process, median "
+    "over processes) is step-to-step jitter only and says nothing about reproducibility; "
+    "`CV` is the process-to-process coefficient of variation, flagged above "
+    f"{CV_FLAG:.0%}. One definition of speed: {THROUGHPUT}. \"A is faster than B\" only where "
+    f"{PAIR_TEST} gives an adjusted p <= {ALPHA:g}; otherwise \"no significant difference\", "
+    "or \"too few for a verdict\" where the process counts cannot reach significance in that "
+    "family. Ratios are of medians, with a 95% bootstrap interval that resamples processes. "
+    "Accuracy: each backend against the task's most accurate one by two one-sided Welch "
+    f"t-tests over seeds (TOST), \"equivalent\" within {MARGIN} or \"not shown\"; fewer than "
+    f"{MIN_PROCESSES} seeds a side are too few. Time to target: median over seeds of the "
+    "training time until the test accuracy first reached the task's target (the target this "
+    "run defined), always with how many seeds reached it; a seed that never reached it "
+    "counts as never, so where most seeds did not there is no median.")
 
 
 # ------------------------------------------------------------------ numbers as text
@@ -50,13 +67,20 @@ def pct_target(value: float) -> str:
     return f"{value * 100:.4g}%"
 
 
-def ci_text(ci: tuple[float, float] | None, fmt=num) -> str:
-    """'[lo, hi]', or '' where there is no interval (a single run)."""
-    return f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""
+def coverage(level: float | None) -> str:
+    """' (97%)': an interval's real coverage, where it does not round to 95%."""
+    if level is None or round(level * 100) == 95:
+        return ""
+    return f" ({level * 100:.0f}%)"
 
 
-def with_ci(value: str, ci: tuple[float, float] | None, fmt=num) -> str:
-    return value + (" " + ci_text(ci, fmt) if ci else "")
+def ci_text(ci: tuple[float, float] | None, fmt=num, level: float | None = None) -> str:
+    """'[lo, hi]' with its coverage where it is not 95%, or '' where there is no interval."""
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]{coverage(level)}" if ci else ""
+
+
+def with_ci(value: str, ci: tuple[float, float] | None, fmt=num, level: float | None = None) -> str:
+    return value + (" " + ci_text(ci, fmt, level) if ci else "")
 
 
 def and_list(names: list[str]) -> str:
@@ -67,62 +91,147 @@ def p_text(p: float) -> str:
     return f"{p:.1e}" if p < 0.01 else f"{p:.2f}"
 
 
+def points(diff: float) -> str:
+    """An accuracy difference in points: -0.0012 -> '-0.12'."""
+    return f"{diff * 100:+.2f}"
+
+
+# ------------------------------------------------------------------ per backend
+
+
+def seeds_reached(r: BackendResult) -> str:
+    return f"{r.reached}/{r.seeds} seeds"
+
+
+def target_text(t: TaskResult, r: BackendResult) -> str:
+    """Time to target with how many seeds reached it; never a median of a minority."""
+    if not r.finished or t.target is None or not r.seeds:
+        return "–"
+    if r.to_target_s is not None:
+        return f"{num(r.to_target_s)} ({seeds_reached(r)})"
+    if r.reached:
+        return f"not reached by most seeds ({r.reached}/{r.seeds})"
+    return f"not reached ({seeds_reached(r)})"
+
+
+def spread_text(r: BackendResult) -> str:
+    return f"{num(r.spread[0])}-{num(r.spread[1])}" if r.spread else "–"
+
+
+def cv_text(r: BackendResult) -> str:
+    return "–" if r.cv is None else f"{r.cv * 100:.1f}%"
+
+
+def flags_text(r: BackendResult) -> str:
+    """'⚠ CV 14.2%; ⚠ busy 2/7', '' where nothing is flagged (see ``flag_lines``)."""
+    out = []
+    if r.cv_flagged:
+        out.append(f"⚠ CV {cv_text(r)}")
+    if r.busy:
+        out.append(f"⚠ busy {r.busy}/{r.ok}")
+    return "; ".join(out)
+
+
+def status_text(r: BackendResult) -> str:
+    text = f"{r.ok}/{r.cells} ok" + ("; " + ", ".join(r.statuses) if r.statuses else "")
+    return text + ("; " + flags_text(r) if r.flagged else "")
+
+
+def equivalence_text(e: Equivalence) -> str:
+    """'equivalent within ±0.5 points (TOST, ...)', '... not shown (...)', '2 seeds: too few'."""
+    if e.verdict == FEW_SEEDS:
+        n = (f"{e.n} seed{'s' if e.n != 1 else ''}" if e.n == e.n_ref
+             else f"{e.n} vs {e.n_ref} seeds")
+        return f"{n}: too few to show equivalence (TOST needs {MIN_PROCESSES} a side)"
+    p = f"p = {p_text(e.p_value)}" if e.p_value else "no variation over seeds"
+    detail = (f"TOST, difference {points(e.diff)} points, {e.ci_level:.0%} CI "
+              f"[{points(e.ci[0])}, {points(e.ci[1])}], {p}, {e.n} vs {e.n_ref} seeds")
+    if e.verdict == EQUIVALENT:
+        return f"equivalent within {MARGIN} ({detail})"
+    return f"equivalence within {MARGIN} not shown ({detail})"
+
+
 # ------------------------------------------------------------------ verdicts
 
 
-def verdict(t: TaskResult) -> list[str]:
-    """Plain sentences: who wins on what, and whether the step-time difference is real."""
-    done = t.finished
-    out = []
-    if not done:
-        out.append(f"No backend finished {t.task}: " + ", ".join(
-            f"{r.backend} {'/'.join(r.statuses) or 'no cells'}" for r in t.rows) + ".")
-        return out
-    tgt = pct_target(t.target) if t.target is not None else None
-    reached = [r for r in done if r.to_target_s is not None]
-    if tgt and reached:
-        first, rest = reached[0], [r for r in done if r is not reached[0]]
-        others = ", ".join(f"{r.backend} {num(r.to_target_s)} s" if r.to_target_s is not None
-                           else f"{r.backend} not reached" for r in rest)
-        out.append(f"Fastest to the {tgt} target: {first.backend} in {num(first.to_target_s)} s"
-                   + (f" ({others})." if others else "."))
-    elif tgt:
-        accs = [r for r in done if r.accuracy is not None]
-        best = max((r.accuracy for r in accs), default=None)
-        who = [r.backend for r in accs if pct(r.accuracy) == pct(best)]
-        by = "" if len(who) == len(accs) and len(accs) > 1 else ", " + and_list(who)
-        out.append(f"No backend reached the {tgt} target"
-                   + (f" (best accuracy {pct(best)}{by})." if best is not None else "."))
-    tp = sorted((r for r in done if r.throughput is not None), key=lambda r: -r.throughput)
-    if tp:
-        top = tp[0]
-        line = f"Highest steady-state throughput: {top.backend}, {num(top.throughput)} samples/s"
-        if len(tp) > 1:
-            second = tp[1]
-            line += f", {top.throughput / second.throughput:.2f}x {second.backend}"
-            c = t.pair(top.backend, second.backend)
-            if c is not None and c.significant:
-                line += f"; the step-time difference is significant (p = {p_text(c.p_value)})"
-            elif c is not None and c.tested:
-                line += f"; the step-time difference is not significant (p = {p_text(c.p_value)})"
-            elif c is not None:
-                line += "; too few runs to test the step-time difference"
-            if c is not None and c.tested and min(top.runs, second.runs) < 2:
-                line += ", from one run each: within-run variation only"
-        out.append(line + ".")
+def _target_line(t: TaskResult, done: list[BackendResult]) -> str | None:
+    if t.target is None:
+        return None
+    tgt = pct_target(t.target)
+    reached = [r for r in done if r.to_target_s is not None]  # by most of their seeds
+    if reached:
+        first = reached[0]
+        rest = [f"{r.backend} {num(r.to_target_s)} s ({seeds_reached(r)})" if r.to_target_s is not None
+                else f"{r.backend} {target_text(t, r)}" for r in done if r is not first]
+        return (f"Fastest to the {tgt} target: {first.backend} in {num(first.to_target_s)} s "
+                f"({seeds_reached(first)})" + ("; " + ", ".join(rest) if rest else "") + ".")
+    some = [r for r in done if r.reached]
+    if some:
+        return (f"No backend reached the {tgt} target with most of its seeds ("
+                + ", ".join(f"{r.backend} {r.reached}/{r.seeds}" for r in some) + ").")
     accs = [r for r in done if r.accuracy is not None]
-    if len(accs) > 1:
-        hi = max(accs, key=lambda r: r.accuracy)
-        lo = min(accs, key=lambda r: r.accuracy)
-        if hi.accuracy - lo.accuracy < 0.001:
-            out.append(f"Accuracy agrees across backends ({pct(lo.accuracy)}"
-                       + (f" to {pct(hi.accuracy)}" if pct(hi.accuracy) != pct(lo.accuracy) else "")
-                       + "): same initial weights, same batches.")
-        else:
-            overlap = (hi.accuracy_ci and lo.accuracy_ci and hi.accuracy_ci[0] <= lo.accuracy_ci[1])
-            out.append(f"Most accurate: {hi.backend}, {pct(hi.accuracy)} "
-                       f"(lowest: {lo.backend}, {pct(lo.accuracy)}"
-                       + ("; their intervals overlap)." if overlap else ")."))
+    best = max((r.accuracy for r in accs), default=None)
+    who = [r.backend for r in accs if pct(r.accuracy) == pct(best)]
+    by = "" if len(who) == len(accs) and len(accs) > 1 else ", " + and_list(who)
+    return (f"No backend reached the {tgt} target"
+            + (f" (best accuracy {pct(best)}{by})." if best is not None else "."))
+
+
+def _throughput_line(t: TaskResult) -> str | None:
+    tp = t.by_throughput()
+    if not tp:
+        return None
+    top = tp[0]
+    head = "Highest steady-state throughput"
+    if len(tp) == 1:
+        return f"{head}: {top.backend}, {num(top.throughput)} samples/s."
+    second = tp[1]
+    both = (f"{top.backend} ({num(top.throughput)} samples/s) and {second.backend} "
+            f"({num(second.throughput)})")
+    c = t.pair(top.backend, second.backend)
+    if c is None:
+        return f"{head}: {top.backend}, {num(top.throughput)} samples/s."
+    if c.significant:
+        return f"{head}: {top.backend}, {num(top.throughput)} samples/s; {c.sentence}."
+    if c.tested:
+        return f"{head}: tied, no significant difference between {both}; {c.sentence}."
+    return f"{head}: too few runs to tell {both} apart; {c.sentence}."
+
+
+def _accuracy_line(t: TaskResult, done: list[BackendResult]) -> str | None:
+    ref = next((r for r in done if r.backend == t.reference), None)
+    others = [r for r in done if r.equivalence is not None]
+    if ref is None or not others:
+        return None
+    return (f"Accuracy, each backend against the most accurate ({ref.backend}, "
+            f"{pct(ref.accuracy)} median over {ref.seeds} seed{'s' if ref.seeds != 1 else ''}): "
+            + "; ".join(f"{r.backend} {pct(r.accuracy)}, {equivalence_text(r.equivalence)}"
+                        for r in others) + ".")
+
+
+def flag_sentences(r: BackendResult) -> list[str]:
+    """What each flag of ``flags_text`` means, for this backend."""
+    out = []
+    if r.cv_flagged:
+        out.append(f"⚠ CV: {r.backend}'s processes differ by {cv_text(r)} (coefficient of "
+                   f"variation of their median steps), above {CV_FLAG:.0%}: something outside the "
+                   "model (other load, frequency or thermal changes, swapping) moved its timing; "
+                   "its interval and comparisons rest on noisy figures.")
+    if r.busy:
+        out.append(f"⚠ busy: {r.busy} of {r.ok} processes of {r.backend} ran while other "
+                   "processes used their cores (the records' noise.busy): their step times "
+                   "include that load.")
+    return out
+
+
+def verdict(t: TaskResult) -> list[str]:
+    """Plain sentences: who wins on what, and whether the differences are real."""
+    done = t.finished
+    if not done:
+        return [f"No backend finished {t.task}: " + ", ".join(
+            f"{r.backend} {'/'.join(r.statuses) or 'no cells'}" for r in t.rows) + "."]
+    out = [line for line in (_target_line(t, done), _throughput_line(t), _accuracy_line(t, done))
+           if line]
     mem = sorted((r for r in done if r.peak_mib is not None), key=lambda r: r.peak_mib)
     if len(mem) > 1:
         out.append(f"Lowest peak memory: {mem[0].backend}, {num(mem[0].peak_mib)} MiB "
@@ -131,6 +240,8 @@ def verdict(t: TaskResult) -> list[str]:
     if len(start) > 1:
         out.append(f"Fastest start (import + setup + first step): {start[0].backend}, "
                    f"{num(start[0].start_s)} s (slowest: {start[-1].backend}, {num(start[-1].start_s)} s).")
+    for r in done:
+        out += flag_sentences(r)
     bad = [r for r in t.rows if r.statuses]
     if bad:
         out.append("Did not finish: " + ", ".join(
@@ -139,6 +250,17 @@ def verdict(t: TaskResult) -> list[str]:
     if over:
         out.append("Used more threads than allowed: " + ", ".join(over) + ".")
     return out
+
+
+def processes_line(t: TaskResult) -> str:
+    """'Processes per backend: a 7 and b 7 (the planned processes (seeds + --repeats)).'"""
+    by_reason: dict[str, list[str]] = {}
+    for r in t.rows:
+        s = r.stopping
+        reason = s.reason if s else "run.json does not say why"
+        by_reason.setdefault(reason, []).append(f"{r.backend} {s.processes if s else r.cells}")
+    return "Processes per backend: " + "; ".join(
+        f"{and_list(names)}: {reason}" for reason, names in by_reason.items()) + "."
 
 
 def task_facts(t: TaskResult) -> str:
@@ -151,6 +273,19 @@ def task_facts(t: TaskResult) -> str:
     return ", ".join(facts)
 
 
+def pairs_head(a: Analysis) -> str:
+    """The line above every task's list of pairs: how they were tested, in which family."""
+    total = sum(len(t.pairs) for t in a.tasks)
+    if a.family == 0:
+        fam = f"none of the report's {total} pairs has enough processes for a verdict"
+    elif a.family == total:
+        fam = f"the Holm family is all {total} pair{'s' if total != 1 else ''} of the report"
+    else:
+        fam = (f"the Holm family is the {a.family} of the report's {total} pairs that have "
+               "enough processes for a verdict")
+    return f"Step time, every pair: {PAIR_TEST}; {fam}."
+
+
 # ------------------------------------------------------------------ picks
 
 UNITS = {"fastest to target": "s", "highest throughput": "samples/s", "lowest peak memory": "MiB",
@@ -158,20 +293,27 @@ UNITS = {"fastest to target": "s", "highest throughput": "samples/s", "lowest pe
 
 
 def pick_cell(p: Pick, task: str) -> str:
-    """'backend (value unit)' of one task, or '–'."""
+    """'backend (value unit)' of one task, 'tied: a / b (...)', 'too few runs ...', or '–'."""
     e = p.per_task.get(task)
     if e is None:
         return "–"
-    text = f"{e.backend} ({num(e.value)} {UNITS.get(p.criterion, '')})"
-    return text + (f", tied with {e.tied_with}" if e.tied_with else "")
+    if e.state == "tied":
+        return f"tied: {e.backend} / {e.runner_up} (no significant difference)"
+    if e.state == "few":
+        return f"too few runs to tell {e.backend} from {e.runner_up}"
+    return f"{e.backend} ({num(e.value)} {UNITS.get(p.criterion, '')})"
 
 
 def pick_note(p: Pick) -> str:
     """'2 of 3 tasks', '130 lines', or why there is no winner."""
     if p.criterion == "smallest adapter":
         return f"{p.wins} lines"
+    open_ = f" ({p.undecided} tied or too few runs)" if p.undecided else ""
     if p.winners:
-        return f"{p.wins} of {p.decided} task{'s' if p.decided != 1 else ''}"
+        total = p.decided + p.undecided
+        return f"{p.wins} of {total} task{'s' if total != 1 else ''}{open_}"
+    if p.undecided:
+        return "undecided on every task (tied or too few runs)"
     return "no backend reached a target" if p.criterion == "fastest to target" else "no data"
 
 
@@ -182,32 +324,20 @@ def pick_overall(p: Pick) -> str:
 # ------------------------------------------------------------------ shared table text
 
 
-def target_text(t: TaskResult, r: BackendResult) -> str:
-    if not r.finished:
-        return "–"
-    if r.to_target_s is not None:
-        return num(r.to_target_s) + (f" ({r.reached}/{r.seeds})" if r.reached < r.seeds else "")
-    if t.target is None:
-        return "–"
-    return "not reached" + (f" ({r.reached}/{r.seeds})" if r.reached else "")
-
-
-def status_text(r: BackendResult) -> str:
-    return f"{r.ok}/{r.cells} ok" + ("; " + ", ".join(r.statuses) if r.statuses else "")
-
-
 def task_rows(t: TaskResult) -> list[dict[str, str]]:
     """The ranked table of a task, as text cells (the Markdown table; the HTML shows the
     same cells)."""
     return [{
         "#": str(r.position or "–"),
         "backend": r.backend,
+        "n": str(r.processes),
         "to target s": target_text(t, r),
-        "samples/s": with_ci(num(r.throughput), r.throughput_ci),
-        "test acc": with_ci(pct(r.accuracy), r.accuracy_ci, pct),
+        "samples/s": with_ci(num(r.throughput), r.throughput_ci, level=r.step_ci_level),
+        "test acc": with_ci(pct(r.accuracy), r.accuracy_ci, pct, r.accuracy_ci_level),
+        "step ms": with_ci(num(r.step_p50), r.step_ci, level=r.step_ci_level),
+        "within-process spread p10-p90 ms": spread_text(r),
+        "CV": cv_text(r),
         "first step s": num(r.first_step_s),
-        "step p50 ms": with_ci(num(r.step_p50), r.step_ci),
-        "step p90 ms": num(r.step_p90),
         "peak MiB": num(r.peak_mib),
         "start s": num(r.start_s),
         "status": status_text(r),
@@ -223,19 +353,22 @@ def summary_rows(a: Analysis) -> list[dict[str, str]]:
                 "task": t.task,
                 "backend": r.backend,
                 "ok": f"{r.ok}/{r.cells}",
-                "test acc": with_ci(fmt(r.accuracy, ".4f"), r.accuracy_ci, lambda v: f"{v:.4f}"),
+                "n": str(r.processes),
+                "test acc": with_ci(fmt(r.accuracy, ".4f"), r.accuracy_ci, lambda v: f"{v:.4f}",
+                                    r.accuracy_ci_level),
                 "train s": num(r.train_s),
-                "to target s": num(r.to_target_s),
+                "to target s": target_text(t, r),
                 "first step s": num(r.first_step_s),
-                "step p50 ms": with_ci(num(r.step_p50), r.step_ci),
-                "step p90 ms": num(r.step_p90),
-                "samples/s": with_ci(num(r.throughput), r.throughput_ci),
+                "step ms": with_ci(num(r.step_p50), r.step_ci, level=r.step_ci_level),
+                "within-process p10-p90 ms": spread_text(r),
+                "CV": cv_text(r),
+                "samples/s": with_ci(num(r.throughput), r.throughput_ci, level=r.step_ci_level),
                 "GFLOP/s": num(r.gflops),
                 "% GEMM peak": num(r.pct_peak, 2),
                 "peak MiB": num(r.peak_mib),
                 "start s": num(r.start_s),
                 "CPU/wall": fmt(r.cpu_wall, ".2f"),
-                "status": ", ".join(r.statuses) or "ok",
+                "status": ", ".join(r.statuses + ([flags_text(r)] if r.flagged else [])) or "ok",
             })
     return out
 
@@ -243,6 +376,11 @@ def summary_rows(a: Analysis) -> list[dict[str, str]]:
 def significance_lines(a: Analysis) -> list[str]:
     """'task: <the statistics' sentence>' for every pair of every task."""
     return [f"{t.task}: {p.sentence}" for t in a.tasks for p in t.pairs]
+
+
+def flag_lines(a: Analysis) -> list[str]:
+    """'task: <what a flag means>' for every flagged backend of every task."""
+    return [f"{t.task}: {s}" for t in a.tasks for r in t.finished for s in flag_sentences(r)]
 
 
 def failed_text(f) -> str:
@@ -259,22 +397,41 @@ def adapter_text(a: Analysis) -> str:
 # ------------------------------------------------------------------ the run
 
 
-def meta_lines(meta: RunMeta) -> list[tuple[str, str]]:
-    """(label, value) pairs describing the run: machine, software, configuration."""
+def meta_lines(meta: RunMeta, drift: tuple[float, float] | None = None,
+               probes: int = 0) -> list[tuple[str, str]]:
+    """(label, value) pairs describing the run: machine, load, software, configuration;
+    ``drift``: the fastest and slowest of its ``probes`` drift probes (ms)."""
     env = meta.environment or {}
     cfg = meta.config or {}
     cal = meta.calibration
     out = []
     if cfg:
         seeds = ", ".join(map(str, cfg.get("seeds") or [])) or "?"
-        value = (f"profile {cfg.get('profile')}, seeds {seeds}, repeats {cfg.get('repeats', 1)}, "
-                 f"threads {cfg.get('threads')}, timeout {num(cfg.get('timeout_s'))} s")
+        value = (f"profile {cfg.get('profile')}, seeds {seeds}, {cfg.get('repeats') or 0} "
+                 f"timing-only repeats per cell, threads {cfg.get('threads')}, "
+                 f"timeout {num(cfg.get('timeout_s'))} s")
+        if cfg.get("until_ci_pct") is not None:
+            value += (f", --until-ci ±{cfg['until_ci_pct']:g}% (cap {cfg.get('max_processes')} "
+                      "processes)")
+        if cfg.get("denormals"):
+            value += f", denormals {cfg['denormals']}"
         out.append(("configuration", value))
     if env:
         affinity = ", ".join(map(str, env.get("affinity") or [])) or "?"
         out.append(("machine", f"{env.get('cpu_model')}, {env.get('logical_cores')} logical / "
                                f"{env.get('physical_cores')} physical cores (affinity {affinity}), "
                                f"{env.get('memory_gib')} GiB"))
+    noise = meta.noise_at_start or {}
+    if noise:
+        text = noise.get("text") or "measured"
+        if noise.get("busy"):
+            text = "BUSY: " + text + ("; the run went on with --allow-busy" if noise.get("allowed")
+                                      else "; the run went on (a smoke run only warns)")
+        out.append(("load at start", text))
+    if drift:
+        out.append(("drift probes", f"{probes} (a fixed NumPy workload before each round of cells),"
+                                    f" {num(drift[0])}-{num(drift[1])} ms"))
+    if env:
         out.append(("system", f"{env.get('os')}, Python {env.get('python')}"))
         pk = env.get("packages") or {}
         out.append(("packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v)))
@@ -292,3 +449,68 @@ def meta_lines(meta: RunMeta) -> list[tuple[str, str]]:
                         if r.differences else "")
         out.append(("resumed", value))
     return out
+
+
+def run_lines(a: Analysis) -> list[tuple[str, str]]:
+    return meta_lines(a.meta, a.drift_range, len(a.drift_ms))
+
+
+# ------------------------------------------------------------------ compare
+
+CHANGE_WORDS = {REGRESSION: "regression", IMPROVEMENT: "improvement", NO_CHANGE: "no change",
+                INCONCLUSIVE: "inconclusive", TOO_FEW: "too few runs"}
+
+
+def ratio_text(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}x"
+
+
+def drift_line(c: Changes) -> str:
+    """What the drift probes say of the machine between the two runs."""
+    if c.drift is None:
+        return (f"machine drift: not corrected, too few drift probes ({c.probes[0]} in A, "
+                f"{c.probes[1]} in B; needs {MIN_PROCESSES} each)")
+    d = c.drift
+    return (f"machine drift (drift probes, B/A): {d.ratio:.3f}x [{d.lo:.3f}, {d.hi:.3f}] "
+            f"({d.level:.1%} CI, {d.n_a} vs {d.n_b} probes)")
+
+
+def compare_note(c: Changes) -> str:
+    cells = len(c.cells)
+    return (f"B/A: ratio of median step times over processes (> 1: B slower), "
+            f"{c.cell_level:.2%} bootstrap interval (Bonferroni over the {cells} cells and the "
+            f"drift); p: exact Mann-Whitney over processes, Holm over the {cells} cells; "
+            f"verdict: the change corrected for the machine's drift, against a "
+            f"{c.threshold_pct:g}% threshold (regression: significantly slower than "
+            f"+{c.threshold_pct:g}%; inconclusive: the drift could explain it; too few runs: "
+            f"under {MIN_PROCESSES} processes a side)")
+
+
+def change_line(c: Any, threshold_pct: float) -> str:
+    """One line for a cell whose verdict is a regression, an improvement or inconclusive
+    (``compare.Change``)."""
+    where = f"{c.task}/{c.backend}"
+    ci = f" [{c.ratio_ci[0]:.2f}, {c.ratio_ci[1]:.2f}]" if c.ratio_ci else ""
+    what = (f"step time {c.step_pct:+.1f}% (B/A {ratio_text(c.ratio)}{ci}, {c.n_a} vs {c.n_b} "
+            "processes)")
+    if c.verdict == REGRESSION:
+        return f"regression: {where} {what}: slower beyond {threshold_pct:g}% after the machine's drift"
+    if c.verdict == IMPROVEMENT:
+        return f"improvement: {where} {what}: faster beyond {threshold_pct:g}% after the machine's drift"
+    return f"{c.detail}: {where} {what}"
+
+
+def compare_summary(result: Any) -> str:
+    """'verdicts: 1 regression, 3 no significant change (threshold 5%); exact test: ...'
+    (``compare.Comparison``)."""
+    counts: dict[str, int] = {}
+    for c in result.changes:
+        word = NO_CHANGE if c.verdict == NO_CHANGE else CHANGE_WORDS[c.verdict]
+        counts[word] = counts.get(word, 0) + 1
+    m = len(result.changes)
+    sig = sum(c.significant for c in result.changes)
+    tested = sum(c.tested for c in result.changes)
+    test = (f"no significant difference in any of the {tested} tested cells" if not sig
+            else f"{sig} of {tested} tested cells differ significantly")
+    return (f"verdicts over {m} cells: " + ", ".join(f"{k} {w}" for w, k in counts.items())
+            + f" (threshold {result.stats.threshold_pct:g}%); exact test, Holm: {test}")

@@ -1,7 +1,9 @@
 """Regenerate the report/compare/export test fixtures as REAL runs of ``runner.run``.
 
-Run from the repository root, in the project's environment (about 30 s on 2 cores, one
-fixture per core at a time; ``--jobs 1``: one after another, about 50 s):
+Run from the repository root, in the project's environment, on a quiet machine (about 40 s
+on 2 cores, one fixture per core at a time; ``--jobs 1``: one after another, about 70 s).
+What else ran on the cores is recorded (each record's ``noise``, ``run.json``'s
+``noise_at_start``) and the reports flag it; the tests do not depend on it:
 
     python scripts/make_fixtures.py            # rewrites every fixture folder
     python scripts/make_fixtures.py run-single # only the named ones
@@ -17,10 +19,14 @@ the next); the differences the tests rely on are made large and deterministic wi
   description), as a run made by an older fwbench would be: reports must use the run's own
   snapshot. On lstm one backend fails (an injected ValueError) and the other hangs until
   the 5 s cell timeout kills it: a real ``failed`` and a real ``timeout`` record.
-- ``run-a`` / ``run-b``: 2 seeds + 4 timing-only repeats (6 processes per task x backend),
-  tasks mlp and lenet, today's task definitions; ``numpy-learner-slow`` sleeps 3 ms per
-  lenet step in run-a and 9 ms in run-b: a real, significant lenet regression for
-  ``fwbench compare`` (mlp: 20 ms in both).
+- ``run-a`` / ``run-b``: 3 seeds (training runs) + 4 timing-only repeats: 7 processes per
+  task x backend, as many as the quick profile, in 5 rounds, each after a drift probe
+  (``run.json`` ``drift_probes``); tasks mlp and lenet, today's task definitions;
+  ``numpy-learner-slow`` sleeps 3 ms per lenet step in run-a and 9 ms in run-b: a real
+  lenet regression that ``fwbench compare`` must call "regression" (mlp: 20 ms in both, and
+  ``numpy-learner`` is the same in both: three cells that must not be called one). With 3
+  seeds the TOST of accuracies is decided (the toy's lenet predicts one class: equal
+  accuracies on every seed).
 
 The backends' names are as long as the longest built-in ones (``mindspore-pynative``, 18
 characters), so the 80-column tests see the worst case.
@@ -100,8 +106,8 @@ def make(name: str, root: Path = FIXTURES) -> None:
             toy("numpy-learner", "fixture toy: NumPy MLP", sleep_ms=FAST_SLEEP),
             toy("numpy-learner-slow", "fixture toy: NumPy MLP + a sleep a step",
                 sleep_ms=SLOW_SLEEP if name == "run-a" else REGRESSED))}
-        # 2 seeds + 4 timing-only repeats: 6 processes per (task, backend)
-        config = runner.RunConfig(("mlp", "lenet"), tuple(backends), "smoke", (0, 1), 1,
+        # 3 seeds + 4 timing-only repeats: 7 processes per (task, backend)
+        config = runner.RunConfig(("mlp", "lenet"), tuple(backends), "smoke", (0, 1, 2), 1,
                                   timeout_s=60.0, repeats=4)
         runner.run(config, out, backends)
 

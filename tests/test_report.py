@@ -15,10 +15,11 @@ from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
-from fwbench.harness import analysis, records, report, spec, terminal, verdict
+from fwbench.harness import analysis, records, report, spec, stats, terminal, verdict
 from fwbench.harness.html_report import html_report, scatter_points
 
 TESTS = Path(__file__).parent
@@ -60,9 +61,9 @@ def renamed_run(tmp_path: Path, src: Path, names: dict[str, str]) -> Path:
 
 
 def synthetic_run(tmp_path: Path) -> Path:
-    """run-a reshaped: 3 epochs on mlp, where the slow backend reaches the 98% target on both
-    seeds and the fast one on one seed of two; lenet/slow lost its epochs, lenet/fast its
-    memory timeline."""
+    """run-a reshaped: 3 epochs on mlp, where the slow backend reaches the 98% target on
+    every seed and the fast one on one seed of three; lenet/slow lost its epochs, lenet/fast
+    its memory timeline."""
     def edit(r):
         if r.task == "mlp" and r.ok and not r.repeat:
             slow = r.backend == SLOW
@@ -198,26 +199,51 @@ def test_reports_import_no_framework():
     assert r.stdout.strip() == "[]"
 
 
+STEP_CI = r"[\d.,]+ \[[\d.,]+, [\d.,]+\] \(98%\)"  # 7 processes: [min, max], 98.4% coverage
+
+
 def test_markdown_has_ranked_tables_verdicts_and_intervals():
     md = report.markdown_report(RUN_A)
     for task in ("mlp", "lenet"):
         assert f"## {task}: " in md
     assert "## Which framework for what" in md
-    assert "| # | backend | to target s | samples/s | test acc |" in md
-    # the slow backend sleeps 3 ms per lenet step, the fast one 1 ms: over 6 processes each
+    assert "| # | backend | n | to target s | samples/s | test acc | step ms |" in md
+    # the slow backend sleeps 3 ms per lenet step, the fast one 1 ms: over 7 processes each
     lenet = section(md, "lenet")
     rows = table(lenet)
-    assert [(r["#"], r["backend"]) for r in rows] == [("1", FAST), ("2", SLOW)]
-    assert f"Highest steady-state throughput: {FAST}" in lenet
-    assert "the step-time difference is significant" in lenet
-    # several processes: intervals in brackets on the step time and the throughput
+    assert [(r["#"], r["backend"], r["n"]) for r in rows] == [("1", FAST, "7"), ("2", SLOW, "7")]
+    assert re.search(rf"Highest steady-state throughput: {FAST}, [\d,]+ samples/s; {FAST} is "
+                     rf"[\d.]+x faster than {SLOW} \[[\d.]+, [\d.]+\] \(p = [\d.e-]+, "
+                     r"Holm-adjusted, 7 vs 7 processes\)\.", lenet), lenet
+    # 7 processes: exact intervals, labelled with their real coverage (98%, not 95%)
     for r in rows:
-        assert re.fullmatch(r"[\d.,]+ \[[\d.,]+, [\d.,]+\]", r["step p50 ms"]), r
-        assert re.fullmatch(r"[\d.,]+ \[[\d.,]+, [\d.,]+\]", r["samples/s"]), r
+        assert re.fullmatch(STEP_CI, r["step ms"]), r
+        assert re.fullmatch(STEP_CI, r["samples/s"]), r
+        assert re.fullmatch(r"[\d.]+-[\d.]+", r["within-process spread p10-p90 ms"]), r
+        assert re.fullmatch(r"[\d.]+%", r["CV"]), r
     assert "No backend reached the 98% target" in section(md, "mlp")
     n = sum((r.task, r.backend) == ("mlp", FAST) for r in records.load_run(RUN_A).records)
-    assert n >= 6 and f"| mlp | {FAST} | {n}/{n} |" in md  # the full table stays
+    assert n == 7 and f"| mlp | {FAST} | {n}/{n} | {n} |" in md  # the full table stays
     assert "Cells that did not finish" not in md
+
+
+def test_the_method_says_what_is_done():
+    md = report.markdown_report(RUN_A)
+    assert "Mann-Whitney U on the step times" not in md
+    assert "Mann-Whitney U" not in analysis.PAIR_TEST
+    assert ("exact two-sided Mann-Whitney test over the per-process median step times, with Holm's "
+            "correction over every pair of every task of the report (0.05 family-wise)") in md
+    assert "unit of replication is one worker process" in md
+    # the step times, their intervals, the spread and the pairs: over processes, never steps
+    a = analysis.analyze(RUN_A)
+    run = records.load_run(RUN_A)
+    for t in a.tasks:
+        for r in t.rows:
+            figures = sorted(stats.process_figure(x.step_samples_ms) for x in run.records
+                             if (x.task, x.backend) == (t.task, r.backend))
+            assert r.step_p50 == pytest.approx(float(np.median(figures)))
+            assert r.step_ci == pytest.approx((figures[0], figures[-1]))  # n = 7: [min, max]
+            assert r.step_ci_level == pytest.approx(1 - 2 / 2 ** 7)
 
 
 def test_markdown_single_run_has_no_intervals_and_lists_failures():
@@ -227,8 +253,10 @@ def test_markdown_single_run_has_no_intervals_and_lists_failures():
     table_lines = [x for x in md.splitlines() if x.startswith("|")]
     assert len(table_lines) > 10
     assert not any(re.search(r"\[\d", x) for x in table_lines), "a single run must not get an interval"
-    # never a bare "significant" from one process each
-    assert "from one run each" in md or "too few runs to test" in md
+    # never a verdict from one process each
+    assert f"{FAST} vs {SLOW}: 1 vs 1 processes: too few for a verdict" in md
+    assert f"Highest steady-state throughput: too few runs to tell {FAST} (" in md
+    assert "none of the report's 2 pairs has enough processes for a verdict" in md
     # the task whose cells all failed, with each cell's one-line error
     assert f"No backend finished lstm: {FAST} failed, {SLOW} timeout." in md
     assert (f"lstm / {FAST} / seed 0: **failed**: ValueError: an injected failure for the report "
@@ -253,12 +281,17 @@ def test_which_framework_for_what_from_the_numbers():
     assert set(picks) >= {"fastest to target", "highest throughput", "lowest peak memory", "fastest start"}
     assert picks["fastest to target"].winners == []  # 98%: not reached in one smoke epoch
     assert verdict.pick_overall(picks["fastest to target"]) == "no backend reached a target"
-    tp = picks["highest throughput"]
+    tp = picks["highest throughput"]  # significant on both tasks (7 vs 7, sleeps 1 vs 3 ms)
     assert tp.winners == [FAST] and verdict.pick_note(tp) == "2 of 2 tasks"
     assert verdict.pick_cell(tp, "lenet").startswith(f"{FAST} (")
     single = {p.criterion: p for p in analysis.analyze(SINGLE).picks}
     assert single["fastest to target"].winners == [FAST]  # the run's own 85% target
     assert verdict.pick_note(single["fastest to target"]) == "1 of 1 task"
+    # one process each: no throughput winner is named as if decided
+    assert single["highest throughput"].winners == []
+    tp = single["highest throughput"]
+    assert verdict.pick_overall(tp) == "undecided on every task (tied or too few runs)"
+    assert verdict.pick_cell(tp, "lenet") == f"too few runs to tell {FAST} from {SLOW}"
     rec = next(r for r in records.load_run(SINGLE).records if (r.task, r.backend) == ("mlp", SLOW))
     row = next(r for r in analysis.analyze(SINGLE).tasks[0].rows if r.backend == SLOW)
     assert row.start_s == pytest.approx(rec.import_s + rec.setup_s + rec.first_step_s)
@@ -268,13 +301,204 @@ def test_time_to_target_ranks_first(tmp_path):
     a = analysis.analyze(synthetic_run(tmp_path))
     mlp = next(t for t in a.tasks if t.task == "mlp")
     first, second = mlp.rows
-    # the slower backend (lower throughput) reaches the target first on both seeds: first
-    assert (first.backend, first.to_target_s, first.reached) == (SLOW, 1.5, 2)
+    # the slower backend (lower throughput) reaches the target first on every seed: first
+    assert (first.backend, first.to_target_s, first.reached, first.seeds) == (SLOW, 1.5, 3, 3)
     assert first.throughput < second.throughput
-    # one seed of two never got there: the median counts it as never
+    # two seeds of three never got there: no median of the one that did
     assert (second.backend, second.to_target_s, second.reached) == (FAST, None, 1)
-    assert verdict.verdict(mlp)[0].startswith(f"Fastest to the 98% target: {SLOW} in 1.50 s ({FAST} not reached)")
+    assert verdict.verdict(mlp)[0] == (f"Fastest to the 98% target: {SLOW} in 1.50 s (3/3 seeds); "
+                                       f"{FAST} not reached by most seeds (1/3).")
+    rows = {r["backend"]: r for r in verdict.task_rows(mlp)}
+    assert rows[SLOW]["to target s"] == "1.50 (3/3 seeds)"
+    assert rows[FAST]["to target s"] == "not reached by most seeds (1/3)"
     assert next(p for p in a.picks if p.criterion == "fastest to target").winners == [SLOW]
+
+
+def test_time_to_target_always_says_how_many_seeds(tmp_path):
+    """2 of 3 seeds: the median of the three (the never counted as infinite) with its count;
+    1 of 3 on every backend: no backend reached it with most of its seeds."""
+    def edit(reached_by):
+        def change(r):
+            if r.task == "mlp" and r.ok and not r.repeat:
+                r.time_to_target_s = 1.0 + r.seed if r.seed in reached_by[r.backend] else None
+        return change
+
+    two = analysis.analyze(derived_run(tmp_path, RUN_A, "two", edit({FAST: {0, 1}, SLOW: {0}})))
+    mlp = two.tasks[0]
+    fast = next(r for r in mlp.rows if r.backend == FAST)
+    assert (fast.to_target_s, fast.reached, fast.seeds) == (2.0, 2, 3)
+    assert verdict.target_text(mlp, fast) == "2.00 (2/3 seeds)"
+    assert verdict.verdict(mlp)[0] == (f"Fastest to the 98% target: {FAST} in 2.00 s (2/3 seeds); "
+                                       f"{SLOW} not reached by most seeds (1/3).")
+    one = analysis.analyze(derived_run(tmp_path, RUN_A, "one", edit({FAST: {2}, SLOW: {0}})))
+    assert verdict.verdict(one.tasks[0])[0] == (
+        f"No backend reached the 98% target with most of its seeds ({FAST} 1/3, {SLOW} 1/3).")
+    md = report.markdown_report(one)
+    assert "not reached by most seeds (1/3)" in md and not re.search(r"\| [\d.]+ \| ", md.split("| mlp |")[0])
+
+
+# ------------------------------------------------------------------ process-level statistics
+
+
+def keep(repeats: set[int], seeds: set[int] | None = None):
+    """A ``derived_run`` edit keeping only those repeats (and seeds, for repeat 0)."""
+    def edit(r):
+        if r.repeat not in repeats or (r.repeat == 0 and seeds is not None and r.seed not in seeds):
+            return False
+    return edit
+
+
+def test_a_two_process_cell_is_too_few(tmp_path):
+    """2 processes a side (two seeds, no repeats): no interval, no verdict, no winner."""
+    run = derived_run(tmp_path, RUN_A, "two-processes", keep({0}, {0, 1}))
+    a = analysis.analyze(run)
+    md = report.markdown_report(a)
+    lenet = section(md, "lenet")
+    for r in table(lenet):
+        assert r["n"] == "2" and "[" not in r["step ms"] and "[" not in r["samples/s"], r
+    assert f"- {FAST} vs {SLOW}: 2 vs 2 processes: too few for a verdict" in lenet
+    assert f"Highest steady-state throughput: too few runs to tell {FAST} (" in lenet
+    assert "none of the report's 2 pairs has enough processes for a verdict" in md
+    assert "2 seeds: too few to show equivalence (TOST needs 3 a side)" in lenet
+    assert a.family == 0 and all(not p.tested and p.p_value is None for t in a.tasks for p in t.pairs)
+    tp = next(p for p in a.picks if p.criterion == "highest throughput")
+    assert tp.winners == [] and tp.undecided == 2
+    assert "| highest throughput | too few runs to tell" in md
+    assert "is 2" not in md and "x faster than" not in md
+
+
+def test_a_pair_that_cannot_pass_holm_is_too_few(tmp_path):
+    """3 vs 3 processes: tested, but an exact test at those sizes can never reach 0.05."""
+    a = analysis.analyze(derived_run(tmp_path, RUN_A, "three", keep({0})))
+    p = a.tasks[1].pairs[0]
+    assert (p.n_a, p.n_b, p.verdict, p.p_value) == (3, 3, analysis.TOO_FEW, None)
+    assert p.sentence.endswith("3 vs 3 processes: too few for a verdict among 2 comparisons "
+                               "(needs 5 per side)")
+
+
+def with_copy(tmp_path: Path, name: str = f"{FAST}#2") -> Path:
+    """run-a with an A/A copy of the fast backend: the same processes under another name."""
+    def meta(m):
+        m.config["backends"] = [*m.config["backends"], name]
+        m.backends[name] = m.backends[FAST]
+        for t in m.config["tasks"]:
+            m.stopping[f"{t}/{name}"] = m.stopping[f"{t}/{FAST}"]
+
+    out = derived_run(tmp_path, RUN_A, "with-copy", edit_meta=meta)
+    for r in records.load_run(RUN_A).records:
+        if r.backend == FAST:
+            records.append_record(out / records.RESULTS, dataclasses.replace(r, backend=name))
+    return out
+
+
+def test_holm_family_is_every_pair_of_every_task(tmp_path):
+    """3 backends x 2 tasks: 6 pairs, tested as ONE family; an A/A copy is no different."""
+    a = analysis.analyze(with_copy(tmp_path))
+    found = [p for t in a.tasks for p in t.pairs]
+    assert len(found) == 6 and a.family == 6 and all(p.family == 6 for p in found)
+    run = records.load_run(RUN_A)
+    figures = {}
+    for r in run.records:
+        figures.setdefault((r.task, r.backend), []).append(stats.process_figure(r.step_samples_ms))
+    copy = f"{FAST}#2"
+    raw = [stats.test_difference(figures[(p.task, p.faster.replace(copy, FAST))],
+                                 figures[(p.task, p.slower.replace(copy, FAST))]) for p in found]
+    assert [p.p_value for p in found] == pytest.approx(stats.holm(raw))
+    aa = [p for p in found if {p.faster, p.slower} == {FAST, copy}]
+    assert len(aa) == 2 and all(p.verdict == analysis.NO_DIFFERENCE for p in aa)
+    assert all(p.sentence.startswith(f"{FAST} vs {copy}: no significant difference (1.00x") for p in aa)
+    md = report.markdown_report(a)
+    assert "the Holm family is all 6 pairs of the report" in md
+    # the top two are an A/A pair: the throughput lead is tied, never a winner
+    lenet = section(md, "lenet")
+    assert (f"Highest steady-state throughput: tied, no significant difference between {FAST} (") in lenet
+    tp = next(p for p in a.picks if p.criterion == "highest throughput")
+    assert tp.winners == [] and verdict.pick_cell(tp, "mlp") == (
+        f"tied: {FAST} / {copy} (no significant difference)")
+
+
+def test_interval_coverage_is_labelled(tmp_path):
+    assert verdict.coverage(None) == verdict.coverage(0.95) == verdict.coverage(0.951) == ""
+    assert verdict.coverage(1 - 2 / 2 ** 5) == " (94%)" and verdict.coverage(0.75) == " (75%)"
+    five = analysis.analyze(derived_run(tmp_path, RUN_A, "five", keep({0, 1, 2})))
+    for t in five.tasks:
+        for r in verdict.task_rows(t):
+            assert r["n"] == "5" and r["step ms"].endswith("] (94%)"), r
+            assert r["test acc"].endswith("] (75%)"), r  # 3 seeds: [min, max], 75%
+    assert 'class="ci">[' in render(five) and "] (94%)</span>" in render(five)
+
+
+def accuracy_run(tmp_path: Path, name: str, offset: float, spread: float) -> Path:
+    """run-a with the slow backend's accuracies moved by ``offset`` and spread over seeds."""
+    def edit(r):
+        if r.ok and not r.repeat:
+            moved = offset + spread * (r.seed - 1) if r.backend == SLOW else 0.0
+            r.test_accuracy = 0.90 + 0.001 * r.seed + moved
+    return derived_run(tmp_path, RUN_A, name, edit)
+
+
+def test_accuracy_equivalence_by_tost(tmp_path):
+    close = analysis.analyze(accuracy_run(tmp_path, "close", -0.001, 0.0))
+    mlp = close.tasks[0]
+    assert mlp.reference == FAST
+    slow = next(r for r in mlp.rows if r.backend == SLOW)
+    assert slow.equivalence.verdict == analysis.EQUIVALENT and slow.equivalence.n == 3
+    line = next(v for v in verdict.verdict(mlp) if v.startswith("Accuracy"))
+    assert line.startswith(f"Accuracy, each backend against the most accurate ({FAST}, 90.10% median "
+                           f"over 3 seeds): {SLOW} 90.00%, equivalent within ±0.5 points (TOST, "
+                           "difference -0.10 points, 90% CI [")
+    assert "agrees" not in report.markdown_report(close)
+    far = analysis.analyze(accuracy_run(tmp_path, "far", -0.003, 0.004)).tasks[0]
+    line = next(v for v in verdict.verdict(far) if v.startswith("Accuracy"))
+    assert f"{SLOW} 89.80%, equivalence within ±0.5 points not shown (TOST, difference -0.30 points" in line
+    two = analysis.analyze(derived_run(tmp_path, RUN_A, "two-seeds", keep({0, 1, 2, 3, 4}, {0, 1})))
+    line = next(v for v in verdict.verdict(two.tasks[0]) if v.startswith("Accuracy"))
+    assert line.endswith(", 2 seeds: too few to show equivalence (TOST needs 3 a side).")
+
+
+def flagged_run(tmp_path: Path) -> Path:
+    """run-a, quiet everywhere but: one lenet/fast process twice as slow (CV > 10%), two
+    lenet/slow processes recorded on a busy machine."""
+    def edit(r):
+        r.noise = {**(r.noise or {}), "busy": r.task == "lenet" and r.backend == SLOW and r.repeat in (1, 2)}
+        if (r.task, r.backend, r.repeat) == ("lenet", FAST, 3):
+            r.step_samples_ms = [2 * x for x in r.step_samples_ms]
+
+    def meta(m):
+        m.noise_at_start = {**m.noise_at_start, "busy": False, "text": "cores 1 over 1.00 s: quiet"}
+    return derived_run(tmp_path, RUN_A, "flagged", edit, meta)
+
+
+def test_cv_and_busy_flags(tmp_path):
+    a = analysis.analyze(flagged_run(tmp_path))
+    md = report.markdown_report(a)
+    lenet = section(md, "lenet")  # lenet's step times are sleeps: CV well under 1% unflagged
+    rows = {r["backend"]: r for r in table(lenet)}
+    fast = next(r for r in a.tasks[1].rows if r.backend == FAST)
+    assert fast.cv_flagged and fast.cv > analysis.CV_FLAG and fast.busy == 0
+    assert rows[FAST]["status"] == f"7/7 ok; ⚠ CV {fast.cv * 100:.1f}%"
+    assert rows[SLOW]["status"] == "7/7 ok; ⚠ busy 2/7"
+    assert f"- ⚠ CV: {FAST}'s processes differ by {fast.cv * 100:.1f}% (coefficient of variation" in lenet
+    assert f"- ⚠ busy: 2 of 7 processes of {SLOW} ran while other processes used their cores" in lenet
+    assert "load at start: cores 1 over 1.00 s: quiet" in md
+    html = unescape(render(a))
+    assert f"⚠ CV {fast.cv * 100:.1f}%" in html and "⚠ busy 2/7" in html
+    assert f"{SLOW} ran while other processes used their cores" in html
+    assert any(x.startswith("lenet: ⚠ busy: 2 of 7") for x in verdict.flag_lines(a))
+
+
+def test_run_json_noise_drift_and_stopping_are_shown():
+    a = analysis.analyze(RUN_A)
+    md = report.markdown_report(a)
+    html = unescape(render(a))
+    stop = (f"Processes per backend: {FAST} 7 and {SLOW} 7: the planned processes "
+            "(seeds + --repeats).")
+    assert section(md, "lenet").count(stop) == 1 and html.count(stop) == 2
+    noise = a.meta.noise_at_start
+    assert noise["text"] and f"load at start: {'BUSY: ' if noise['busy'] else ''}{noise['text']}" in md
+    assert len(a.drift_ms) == 5 and "drift probes: 5 (a fixed NumPy workload before each round" in md
+    for text in (md, html):
+        assert "timing-only repeats per cell" in text
 
 
 def test_adapter_sizes_without_importing_frameworks(tmp_path):
@@ -415,6 +639,10 @@ def test_compare_fits_80_columns_with_whole_names(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert_names_whole(lines, {(t, n) for t in ("mlp", "lenet") for n in LONGEST.values()})
+    # one line per cell: the ratio with its interval and the verdict are not folded either
+    slow = next(x for x in lines if re.match(r"\s*lenet\s+tensorflow-xla\s", x))
+    assert re.search(r"\s[\d.]+x \[[\d.]+, [\d.]+\]\s+[\d.e-]+\s+regression\s*$", slow), slow
+    assert any(x.startswith("machine drift (drift probes, B/A): ") for x in lines)
 
 
 PLUGIN = """\
