@@ -106,6 +106,10 @@ class Backend:
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "built-in"
+    # pip specifiers of the backend's own env (``fwbench envs create``), used where the repo
+    # has no requirements/<name>.txt for it: a plugin pins its framework here (its own
+    # distribution is added as it is installed here).
+    requirements: tuple[str, ...] = ()
 
     def missing(self) -> list[str]:
         out = []

@@ -24,6 +24,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 err = Console(stderr=True)
 DEBUG = False
+_ENVS_HELP = ("current (default): every worker in this interpreter | isolated: each backend's "
+              "workers in its own env (fwbench envs create). A versioned backend (jax==0.7.1) "
+              "always runs in its own env.")
+_ENVS_DIR_HELP = "Where the per-backend envs live (default: FWBENCH_ENVS_DIR, else the user cache)."
+_CREATE_ENVS_HELP = "Create the missing envs first (default: refuse, naming the command that creates them)."
 
 
 def _discover() -> dict[str, Backend]:
@@ -56,15 +61,54 @@ def _with_copies(names: list[str], known: dict[str, Backend]) -> list[str]:
     return out
 
 
-def _select_backends(value: Optional[str]) -> tuple[list[str], dict[str, Backend]]:
+def _backend_names(value: str, known: dict[str, Backend], allow_versions: bool = True) -> list[str]:
+    """--backends as backend names: ``jax==0.7.1`` is the labelled backend ``jax@0.7.1`` (run
+    in an env of its own), and a backend named twice runs as copies (``_with_copies``)."""
+    from . import envs
+
+    parsed = [envs.parse_backend(v) for v in value.split(",") if v.strip()]
+    _csv(",".join(b for b, _ in parsed) if parsed else value, list(known), "backends")
+    labels = []
+    for base, version in parsed:
+        name = envs.label(base, version)
+        if version is not None:
+            if not allow_versions:
+                raise FwbenchError(f"{base}=={version}: a backend version runs in an env of its own, "
+                                   "which this command does not use (fwbench run and fwbench check do)")
+            known.setdefault(name, dataclasses.replace(known[base], name=name))
+        labels.append(name)
+    return _with_copies(labels, known)
+
+
+def _with_envs(known: dict[str, Backend], root: Path, base_only: bool) -> list[str]:
+    """The backends whose env (today's requirement set) exists under ``root``."""
+    from . import envs
+
+    sets = envs.backend_requirement_sets({n: b for n, b in known.items()
+                                          if not (base_only and b.options)})
+    return [n for n, rs in sets.items() if envs.find(rs, root) is not None]
+
+
+def _select_backends(value: Optional[str], isolated: bool = False, root: Optional[Path] = None,
+                     allow_versions: bool = False) -> tuple[list[str], dict[str, Backend]]:
     known = _discover()
+    if value is None and isolated:
+        from . import envs
+
+        root = root or envs.envs_dir()
+        names = _with_envs(known, root, base_only=True)
+        if not names:
+            raise FwbenchError(f"no backend env exists in {root}; create them with: fwbench envs create")
+        return names, known
     if value is None:
         names = [n for n, b in known.items() if b.installed and not b.options]
         if not names:
             raise FwbenchError("no backend is installed; install one, e.g. pip install -e '.[torch]'")
         return names, known
-    names = _with_copies(_csv(value, list(known), "backends"), known)
+    names = _backend_names(value, known, allow_versions)
     for n in names:
+        if isolated or "@" in n:  # runs in its own env: need not be installed here
+            continue
         missing = known[n].missing()
         if missing:
             raise FwbenchError(f"backend {n!r} is not installed (missing {', '.join(missing)}); "
@@ -132,6 +176,9 @@ def run_cmd(
     denormals: Optional[str] = typer.Option(None, help="flush (default: every framework flushes denormal floats to zero) | framework-default (each as shipped); probed and recorded per cell."),
     deterministic: Optional[bool] = typer.Option(None, "--deterministic", help="Set each framework's determinism switches (recorded)."),
     memory_limit: Optional[float] = typer.Option(None, help="GiB of resident memory per cell before it is killed as oom (default: 75% of RAM)."),
+    envs_mode: Optional[str] = typer.Option(None, "--envs", help=_ENVS_HELP),
+    envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
+    create_envs: bool = typer.Option(False, "--create-envs", help=_CREATE_ENVS_HELP),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
     import psutil
@@ -162,6 +209,7 @@ def run_cmd(
                            f"memory (got {memory_limit:g})")
     if denormals is not None and denormals not in ("flush", "framework-default"):
         raise FwbenchError(f"--denormals must be flush or framework-default (got {denormals!r})")
+    _check_envs_mode(envs_mode)
     if force_resume and resume is None:
         raise FwbenchError("--force-resume goes with --resume RUN_DIR")
     if resume is not None and out is not None:
@@ -182,6 +230,7 @@ def run_cmd(
         "max_processes": max_processes,
         "allow_busy": allow_busy,
         "denormals": denormals,
+        "envs": envs_mode,
     }
     given = {k: v for k, v in normalised.items() if v is not None}
 
@@ -191,10 +240,21 @@ def run_cmd(
             raise FwbenchError(f"{run_dir} has no {runner.RUN_JSON}: nothing to resume")
         known = _discover()
         if backends is not None:
-            given["backends"] = tuple(_with_copies(_csv(backends, list(known), "backends"), known))
-        config = runner.prepare_resume(run_dir, given, known, force_resume)
+            given["backends"] = tuple(_backend_names(backends, known))
+        resolved: dict = {}
+
+        def envs_for(saved: runner.RunConfig) -> dict:
+            resolved.update(_resolve_envs(saved.backends, known, saved.envs == "isolated",
+                                          envs_dir, create_envs))
+            return resolved
+
+        config = runner.prepare_resume(run_dir, given, known, force_resume, envs_for)
+        env_map = resolved
     else:
-        backend_names, known = _select_backends(backends)
+        from . import envs as envs_mod
+
+        backend_names, known = _select_backends(backends, envs_mode == "isolated",
+                                                envs_mod.envs_dir(envs_dir), allow_versions=True)
         prof = spec.PROFILE_INFO[profile or "quick"]
         config = runner.RunConfig(**{  # the defaults, then what was given
             "tasks": tuple(spec.TASKS), "profile": prof.name,
@@ -202,6 +262,8 @@ def run_cmd(
             "data_dir": os.environ.get("FWBENCH_DATA_DIR"), "repeats": prof.default_repeats,
             "memory_limit_gib": round(0.75 * total_gib, 2), **given,
             "backends": tuple(backend_names)})
+        env_map = _resolve_envs(config.backends, known, config.envs == "isolated", envs_dir,
+                                create_envs)
         run_dir = out or runner.new_run_dir()
         if (run_dir / runner.RESULTS).exists():
             raise FwbenchError(f"{run_dir} already holds results; use --resume {run_dir} or another --out")
@@ -221,17 +283,19 @@ def run_cmd(
     except Timeout:
         raise FwbenchError(f"another fwbench run is writing to {run_dir}") from None
     try:
-        _run_with_progress(config, run_dir, known, force_resume)
+        _run_with_progress(config, run_dir, known, force_resume, env_map)
     finally:
         lock.release()
 
 
-def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_resume: bool) -> None:
+def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_resume: bool,
+                       env_map: Optional[dict] = None) -> None:
     from . import report, runner
 
     console.print(f"[bold]fwbench run[/] → {run_dir}  (profile {config.profile}, "
                   f"{len(config.tasks)} task(s) x {len(config.backends)} backend(s) x "
                   f"{len(config.seeds)} seed(s), {config.threads} thread(s))")
+    _print_envs(env_map or {})
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
                         transient=False)
@@ -260,7 +324,8 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_r
     try:
         with progress:
             runner.run(config, run_dir, known, on_event=on_event,
-                       on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume)
+                       on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume,
+                       envs=env_map)
     except KeyboardInterrupt:
         print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}",
               file=sys.stderr)
@@ -272,7 +337,8 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_r
     a = analysis.analyze(run_dir)  # once: the table and the sentences below both read it
     console.print(terminal.summary_table(a, f"summary ({run_dir})"))
     console.print(terminal.SUMMARY_NOTE, style="dim", highlight=False)
-    for line in verdict.significance_lines(a):
+    pairs = verdict.significance_lines(a)
+    for line in verdict.flag_lines(a) + ([verdict.pairs_head(a)] + pairs if pairs else []):
         console.print(line, highlight=False, markup=False)
     for f in a.failed:
         err.print(f"[red]{escape(f'{f.task}/{f.backend}/seed {f.seed}: {f.status}')}[/]: "
@@ -325,26 +391,27 @@ def compare_cmd(
     """Per (task, backend): change in step time, throughput, memory and accuracy, with significance."""
     from rich.markup import escape
 
-    from . import compare, records, terminal
+    from . import compare, records, terminal, verdict
 
     if fail_on_regression is not None and fail_on_regression < 0:
         raise FwbenchError("--fail-on-regression must be a percentage >= 0")
     a, b = records.load_run(run_a), records.load_run(run_b)
-    changes = compare.compare(a, b)
+    threshold = fail_on_regression if fail_on_regression is not None else 0.0
+    result = compare.compare(a, b, threshold)
     for diff in compare.environment_differences(a, b):
         err.print(f"[yellow]warning: environments differ: {escape(diff)}[/]", highlight=False)
     for diff in compare.definition_differences(a, b):
         err.print(f"[yellow]warning: definitions differ: {escape(diff)}[/]", highlight=False)
-    console.print(terminal.compare_table(changes, f"A = {run_a}, B = {run_b}"))
-    console.print(terminal.COMPARE_NOTE, style="dim", highlight=False)
-    if fail_on_regression is not None:
-        worst = [c for c in changes if c.regression_pct > fail_on_regression]
-        for c in worst:
-            err.print(f"regression: {c.task}/{c.backend} step time {c.step_pct:+.1f}% "
-                      f"(p = {c.p_value:.1e}) exceeds {fail_on_regression:g}%", highlight=False,
-                      markup=False)
-        if worst:
-            raise typer.Exit(1)
+    console.print(terminal.compare_table(result, f"A = {run_a}, B = {run_b}"))
+    console.print(verdict.drift_line(result.stats), highlight=False, markup=False)
+    console.print(verdict.compare_note(result.stats), style="dim", highlight=False, markup=False)
+    console.print(terminal.compare_other_table(result))
+    console.print(verdict.compare_summary(result), highlight=False, markup=False)
+    for c in result.changes:  # regressions, improvements, inconclusive cells: one line each
+        if c.verdict not in (compare.analysis.NO_CHANGE, compare.analysis.TOO_FEW):
+            err.print(verdict.change_line(c, threshold), highlight=False, markup=False)
+    if fail_on_regression is not None and result.regressions:  # never on inconclusive / too few
+        raise typer.Exit(1)
 
 
 @app.command("export")
@@ -369,19 +436,49 @@ def export_cmd(
 def overhead_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),
-    steps: int = typer.Option(50, help="Steps per block."),
+    steps: Optional[int] = typer.Option(None, help="Steps per block (default 50); with --against: "
+                                        "timed steps per process (default 200)."),
     blocks: int = typer.Option(5, help="Alternating blocks of harness loop and bare loop."),
     threads: Optional[int] = typer.Option(None, help="Threads (default: all available cores)."),
+    against: Optional[str] = typer.Option(None, help="idiomatic: each adapter against a hand-written "
+                                          "loop of its framework (benchmarks/idiomatic), one "
+                                          "process per round and kind, interleaved."),
+    rounds: Optional[int] = typer.Option(None, help="With --against: rounds of processes (default 5; "
+                                         "CIs from 3)."),
+    profile: Optional[str] = typer.Option(None, help="With --against: smoke (shipped sample, "
+                                          "default) or quick (full data)."),
+    variants: bool = typer.Option(True, "--variants/--no-variants", help="With --against: also time "
+                                  "the framework's variants (torch-compile, tensorflow-xla, "
+                                  "mindspore-pynative) for the target column."),
+    data_dir: Optional[Path] = typer.Option(None, help="With --against: folder with mnist/ and "
+                                            "imdb/ files (or FWBENCH_DATA_DIR)."),
+    out: Optional[Path] = typer.Option(None, help="With --against: write every process's step "
+                                       "times and the table as JSON here."),
 ) -> None:
-    """The harness's own cost: its training loop vs a bare loop on the same batches (target <= 1.02)."""
+    """The harness's own cost: its training loop vs a bare loop on the same batches (target <= 1.02);
+    with --against idiomatic: each adapter vs a hand-written loop of its framework."""
     import tempfile
 
     from . import data, records, runner
 
     task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
+    if against is not None and against != "idiomatic":
+        raise FwbenchError(f"--against {against!r}: the only reference is 'idiomatic'")
+    if against is None and (rounds, profile, out, data_dir) != (None, None, None, None):
+        raise FwbenchError("--rounds, --profile, --data-dir and --out need --against idiomatic")
     names, known = _select_backends(backends)
     cpus = environment.available_cpus()
     n_threads = threads or len(cpus)
+    if against is not None:
+        from . import idiomatic
+
+        code = idiomatic.command(console, task_names, names, known, explicit=backends is not None,
+                                 threads=n_threads, cpus=cpus, rounds=rounds, steps=steps,
+                                 profile=profile, variants=variants, data_dir=data_dir, out=out)
+        if code:
+            raise typer.Exit(code)
+        return
+    steps = 50 if steps is None else steps
     if not 1 <= n_threads <= len(cpus) or steps < 2 or blocks < 1:
         raise FwbenchError(f"need 1 <= --threads <= {len(cpus)}, --steps >= 2, --blocks >= 1")
     t = Table(title=f"harness loop / bare loop, median of {blocks} blocks of {steps} steps")
@@ -418,23 +515,39 @@ def check_cmd(
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed one)."),
     seed: int = typer.Option(0, help="Seed of the canonical initial weights and batches."),
     threads: int = typer.Option(1, help="Threads per probe process."),
+    envs_mode: Optional[str] = typer.Option(None, "--envs", help=_ENVS_HELP),
+    envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
+    create_envs: bool = typer.Option(False, "--create-envs", help=_CREATE_ENVS_HELP),
 ) -> None:
     """Parity proof: every backend computes the same logits, loss, gradients and 3 steps."""
-    from . import parity
+    from . import envs, parity, runner
 
     task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
+    _check_envs_mode(envs_mode)
+    isolated = envs_mode == "isolated"
+    root = envs.envs_dir(envs_dir)
     known = _discover()
     if backends is None:
-        names = [n for n, b in known.items() if b.installed]
+        names = (_with_envs(known, root, base_only=False) if isolated
+                 else [n for n, b in known.items() if b.installed])
     else:
-        names, known = _select_backends(backends)
+        names, known = _select_backends(backends, isolated, root, allow_versions=True)
     if not names:
-        raise FwbenchError("no backend is installed")
+        raise FwbenchError(f"no backend env exists in {root}; create them with: fwbench envs create"
+                           if isolated else "no backend is installed")
     if not 1 <= threads <= len(environment.available_cpus()):
         raise FwbenchError(f"--threads must be between 1 and {len(environment.available_cpus())}")
+    env_map = _resolve_envs(names, known, isolated, envs_dir, create_envs)
+    ref = parity.REFERENCE_BACKEND
+    if isolated and ref not in env_map and ref in known:  # the reference from its env, if any
+        found = envs.find(envs.requirement_set(known[ref]), root)
+        if found is not None:
+            env_map[ref] = found.info()
+    _print_envs(env_map)
+    pythons = {n: runner.env_python(e) for n, e in env_map.items()}
     with console.status("probing") as status:
         rows = parity.check(known, names, task_names, seed=seed, threads=threads,
-                            on_status=lambda s: status.update(s))
+                            on_status=lambda s: status.update(s), pythons=pythons)
     from rich import box
 
     t = Table(title=f"fwbench check (seed {seed}): max differences", box=box.SIMPLE_HEAD,
@@ -473,6 +586,187 @@ def check_cmd(
         console.print(f"loosened: {task}/{backend} {metric} <= {tol:g}: {why}")
     if not all(r.ok for r in rows):
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------ per-backend envs
+
+envs_app = typer.Typer(no_args_is_help=True, help="Per-backend virtual environments (fwbench run --envs isolated).")
+app.add_typer(envs_app, name="envs")
+
+
+def _check_envs_mode(mode: Optional[str]) -> None:
+    from . import envs
+
+    if mode is not None and mode not in envs.MODES:
+        raise FwbenchError(f"unknown --envs {mode!r}; choose from {', '.join(envs.MODES)}")
+
+
+def _resolve_envs(names, known: dict[str, Backend], isolated: bool, envs_dir: Optional[Path],
+                  create: bool) -> dict:
+    """name -> records.EnvInfo of every backend that runs in its own env."""
+    from . import envs
+
+    root = envs.envs_dir(envs_dir)
+    creator = (lambda missing: _create_envs(missing, known, root)) if create else None
+    found = envs.resolve(names, known, root, isolated, creator, str(envs_dir) if envs_dir else None)
+    return {n: e.info() for n, e in found.items()}
+
+
+def _print_envs(env_map: dict) -> None:
+    from rich.markup import escape
+
+    for name, info in env_map.items():
+        if "#" in name:
+            continue
+        pkgs = ", ".join(f"{k} {v}" for k, v in info.packages.items()
+                         if k.lower() in environment.PACKAGES and k.lower() != "fwbench")
+        console.print(f"[dim]env {escape(name)}: {escape(info.path)} (Python {info.python}; "
+                      f"{escape(pkgs)})[/]", highlight=False, soft_wrap=True)
+
+
+def _create_envs(names: list[str], known: dict[str, Backend], root: Path) -> None:
+    """Create the env of every backend in ``names`` that has none (one per requirement set)."""
+    import time
+
+    from rich.markup import escape
+
+    from . import envs
+
+    sets: dict[str, tuple] = {}
+    for n in names:
+        rs = envs.for_label(n, known)
+        users = sets.setdefault(rs.key, (rs, []))[1]
+        if n.split("#")[0] not in users:
+            users.append(n.split("#")[0])
+    for rs, users in sets.values():
+        existing = envs.find(rs, root)
+        if existing is not None:
+            console.print(f"exists: {existing.name} ({', '.join(users)}): {existing.path}",
+                          highlight=False, markup=False, soft_wrap=True)
+            continue
+        console.print(f"[bold]creating[/] {escape(rs.name)} for {escape(', '.join(users))} "
+                      f"from {escape(rs.origin)} ({escape(' '.join(rs.lines))}) in {escape(str(root))}",
+                      highlight=False, soft_wrap=True)
+        t0 = time.monotonic()
+        if console.is_terminal:
+            with console.status(f"{rs.backend}: python -m venv") as status:
+                def on_line(line: str, status=status, rs=rs) -> None:
+                    note = envs.condense(line)
+                    if note:
+                        status.update(escape(f"{rs.backend}: pip: {note}"))
+                env = envs.create(rs, root, on_line)
+        else:
+            def on_line(line: str) -> None:  # not a terminal (a log): one line per package
+                note = envs.condense(line)
+                if note and note.startswith(("collecting", "obtaining", "building editable",
+                                             "installing", "installed")) and "started" not in note:
+                    console.print(f"  pip: {note}", style="dim", markup=False, highlight=False,
+                                  soft_wrap=True)
+            env = envs.create(rs, root, on_line)
+        size = (env.manifest or {}).get("size_bytes") or envs.disk_usage(env.path)
+        console.print(f"created {env.name} in {time.monotonic() - t0:.0f} s, {envs.human_size(size)}: "
+                      f"{envs.summary(env)}", highlight=False, markup=False, soft_wrap=True)
+
+
+@envs_app.command("create")
+def envs_create_cmd(
+    backends: Optional[str] = typer.Option(None, help="Comma-separated backends, NAME or NAME==VERSION (default: the five base backends)."),
+    envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
+) -> None:
+    """Create each backend's env: a venv with its requirement file and fwbench's core (pip)."""
+    from . import envs
+
+    known = _discover()
+    names = (_backend_names(backends, known) if backends is not None
+             else [n for n, b in known.items() if b.source == "built-in" and not b.options])
+    _create_envs(names, known, envs.envs_dir(envs_dir))
+
+
+def _env_status(env, known: dict[str, Backend]) -> str:
+    """current: today's requirement set of its backend; stale: an older one; incomplete."""
+    from . import envs
+
+    if not env.complete:
+        return "incomplete"
+    base, version = envs.split_label(env.manifest.get("backend", ""))
+    if base not in known:
+        return "stale"
+    try:
+        rs = envs.requirement_set(known[base], version)
+    except FwbenchError:
+        return "stale"
+    return "current" if rs.key == env.key else "stale"
+
+
+@envs_app.command("list")
+def envs_list_cmd(
+    envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The envs: name, backend, status, packages, size on disk, creation time, path and key."""
+    from . import envs
+
+    root = envs.envs_dir(envs_dir)
+    known = _discover()
+    rows = []
+    for env in envs.all_envs(root):
+        m = env.manifest or {}
+        rows.append({"name": env.name, "backend": m.get("backend"), "status": _env_status(env, known),
+                     "path": str(env.path), "key": env.key, "python": m.get("python"),
+                     "packages": envs.summary(env), "size_bytes": envs.disk_usage(env.path),
+                     "created": m.get("created"), "create_s": m.get("create_s")})
+    if as_json:
+        console.print_json(json.dumps({"envs_dir": str(root), "envs": rows}))
+        return
+    if not rows:
+        console.print(f"no envs in {root}; create them with: fwbench envs create", highlight=False)
+        return
+    t = Table(title=f"envs in {root}")
+    for c in ("name", "backend", "status", "packages", "python", "size", "created", "key"):
+        t.add_column(c, overflow="fold", no_wrap=c in ("status", "size"))
+    for r in rows:
+        created = f"{r['created'] or '?'} ({r['create_s']:.0f} s)" if r["create_s"] is not None else "?"
+        t.add_row(r["name"], r["backend"] or "?", r["status"], r["packages"], r["python"] or "?",
+                  envs.human_size(r["size_bytes"]), created, (r["key"] or "")[:16])
+    console.print(t)
+    total = sum(r["size_bytes"] for r in rows)
+    console.print(f"{len(rows)} env(s), {envs.human_size(total)} in {root}", highlight=False)
+
+
+@envs_app.command("remove")
+def envs_remove_cmd(
+    backends: Optional[str] = typer.Option(None, help="Comma-separated backends, NAME or NAME==VERSION: remove their current env."),
+    all_envs: bool = typer.Option(False, "--all", help="Remove every env."),
+    stale: bool = typer.Option(False, "--stale", help="Remove the envs no backend's requirement set uses any more (and incomplete ones)."),
+    envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
+) -> None:
+    """Remove envs (--backends, --stale or --all)."""
+    from . import envs
+
+    if sum([backends is not None, all_envs, stale]) != 1:
+        raise FwbenchError("say which envs to remove: --backends NAMES, --stale or --all")
+    root = envs.envs_dir(envs_dir)
+    known = _discover()
+    if backends is not None:
+        targets, seen = [], set()
+        for n in _backend_names(backends, known):
+            rs = envs.for_label(n, known)
+            if rs.name in seen:
+                continue
+            seen.add(rs.name)
+            env = envs.open_env(root / rs.name)
+            if envs.is_env_folder(env.path):
+                targets.append(env)
+            else:
+                console.print(f"no env for {n} in {root}", highlight=False)
+    else:
+        targets = [e for e in envs.all_envs(root) if all_envs or _env_status(e, known) != "current"]
+    for env in targets:
+        size = envs.disk_usage(env.path)
+        envs.remove(env)
+        console.print(f"removed {env.name} ({envs.human_size(size)})", highlight=False)
+    if not targets and backends is None:
+        console.print(f"nothing to remove in {root}", highlight=False)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

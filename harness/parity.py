@@ -102,9 +102,11 @@ Probes = dict[str, dict[str, dict[str, np.ndarray]]]  # backend -> task -> array
 
 def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
                threads: int = 1, timeout_s: float = 900.0,
-               on_status: Callable[[str], None] = lambda s: None
+               on_status: Callable[[str], None] = lambda s: None,
+               pythons: dict[str, str] | None = None
                ) -> tuple[dict[str, dict[str, np.ndarray]], Probes, dict[str, str]]:
-    """(batches per task, probes, errors per backend): one worker process per backend."""
+    """(batches per task, probes, errors per backend): one worker process per backend
+    (with the interpreter ``pythons`` names for it: its env; default the current one)."""
     cpus = environment.available_cpus()[:threads]
     batches = {t: probe_batches(spec.TASKS[t], seed) for t in tasks}
     probes: Probes = {}
@@ -120,7 +122,8 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
                 probes=[records.ProbeItem(records.task_to_json(spec.TASKS[t]),
                                           str(work / f"batches-{t}.npz"),
                                           str(work / f"probe-{name}-{t}.npz")) for t in tasks])
-            outcome = runner.run_worker(request, work / f"{name}.log", timeout_s, lambda e: None)
+            outcome = runner.run_worker(request, work / f"{name}.log", timeout_s, lambda e: None,
+                                        python=(pythons or {}).get(name))
             if outcome.status != "ok":
                 log = (work / f"{name}.log").read_text(errors="replace").strip().splitlines()
                 errors[name] = f"{outcome.status}: {outcome.error}" + (
@@ -135,12 +138,16 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
 
 def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
           threads: int = 1, timeout_s: float = 900.0,
-          on_status: Callable[[str], None] = lambda s: None) -> list[Row]:
-    """Probe every backend in ``names`` (each in its own process) and compare."""
+          on_status: Callable[[str], None] = lambda s: None,
+          pythons: dict[str, str] | None = None) -> list[Row]:
+    """Probe every backend in ``names`` (each in its own process, with its interpreter in
+    ``pythons``, if any) and compare."""
     order = [REFERENCE_BACKEND] + [n for n in names if n != REFERENCE_BACKEND]
-    if REFERENCE_BACKEND not in backends or backends[REFERENCE_BACKEND].missing():
+    if REFERENCE_BACKEND not in backends or (backends[REFERENCE_BACKEND].missing()
+                                             and REFERENCE_BACKEND not in (pythons or {})):
         order = [n for n in names if n != REFERENCE_BACKEND]  # forward-only comparison
-    batches, probes, errors = run_probes(backends, order, tasks, seed, threads, timeout_s, on_status)
+    batches, probes, errors = run_probes(backends, order, tasks, seed, threads, timeout_s, on_status,
+                                         pythons)
     rows: list[Row] = []
     for t in tasks:
         ref = probes.get(REFERENCE_BACKEND, {}).get(t)

@@ -1,7 +1,8 @@
 """Typed, versioned records: everything that crosses the corridor between fwbench's rooms.
 
-- ``TrainRequest`` / ``ProbeRequest`` / ``CalibrateRequest`` / ``OverheadRequest``: what the
-  runner (or ``fwbench check`` / ``fwbench overhead``) sends a worker process;
+- ``TrainRequest`` / ``ProbeRequest`` / ``CalibrateRequest`` / ``OverheadRequest`` /
+  ``IdiomaticRequest``: what the runner (or ``fwbench check`` / ``fwbench overhead``) sends a
+  worker process;
 - ``CellRecord``: one line of ``results.jsonl``, what a cell measured (the worker fills the
   measurements, the runner the identity and the run-level fields); every field is defined
   once here, with its unit;
@@ -237,10 +238,28 @@ class OverheadRequest(_Request):
     blocks: int = 5
 
 
+@dataclass(frozen=True)
+class IdiomaticRequest(_Request):
+    """``fwbench overhead --against idiomatic``: one process timing either the backend's
+    adapter (``kind="adapter"``) or a hand-written reference loop (``kind="idiomatic"``, the
+    file ``loop`` of ``benchmarks/idiomatic``) on the same batches: ``warmup`` steps, then
+    ``steps`` timed ones."""
+
+    mode: ClassVar[str] = "idiomatic"
+    task: dict[str, Any] = field(default_factory=dict)  # task_to_json
+    data_path: str = ""
+    kind: str = "adapter"  # "adapter" | "idiomatic"
+    loop: str = ""  # path of the reference loop's module (kind "idiomatic")
+    seed: int = 0
+    warmup: int = 5
+    steps: int = 200
+
+
 REQUESTS: dict[str, type[_Request]] = {c.mode: c for c in (TrainRequest, ProbeRequest,
                                                               CalibrateRequest, DriftRequest,
-                                                              OverheadRequest)}
-Request = typing.Union[TrainRequest, ProbeRequest, CalibrateRequest, DriftRequest, OverheadRequest]
+                                                              OverheadRequest, IdiomaticRequest)}
+Request = typing.Union[TrainRequest, ProbeRequest, CalibrateRequest, DriftRequest, OverheadRequest,
+                       IdiomaticRequest]
 
 
 def request_from_json(data: dict[str, Any]) -> Request:
@@ -316,6 +335,11 @@ class CellRecord:
     eval_s: float | None = _f("all evaluations", "s")
     param_count: int | None = _f("trainable parameters of the task")
     framework_version: str | None = _f("what the adapter reports")
+    packages: dict[str, str] = _f("distribution -> version in the worker's interpreter: fwbench, "
+                                  "NumPy, the frameworks and the backend's own packages",
+                                  factory=dict)
+    python: str | None = _f("the worker's interpreter (sys.executable): the backend's env with "
+                            "--envs isolated")
     flops_per_step: int | None = _f("analytic FLOPs of one training step (3x forward)", "FLOP")
     achieved_gflops: float | None = _f("flops_per_step / median step time", "GFLOP/s")
     pct_of_gemm_peak: float | None = _f("achieved_gflops / the run's calibrated GEMM peak", "%")
@@ -451,14 +475,27 @@ def cut_torn_line(path: Path) -> Path | None:
 
 
 @dataclass
+class EnvInfo:
+    """The env a backend's workers ran in (``--envs isolated``, or a versioned backend)."""
+
+    name: str  # folder name: <family>[-<version>]-<key[:12]>
+    path: str  # the env's folder; its interpreter is bin/python
+    key: str  # sha256 of its full requirement set (harness/envs.py)
+    python: str  # Python version of the env's interpreter
+    packages: dict[str, str]  # every distribution in the env -> version
+    requirements: list[str] = field(default_factory=list)  # the backend's requirement lines
+
+
+@dataclass
 class BackendInfo:
     """A backend as the run used it: its packages, options, source and adapter code."""
 
-    requires: dict[str, str]  # distribution -> version
+    requires: dict[str, str]  # distribution -> version (in its env, if it had one)
     options: dict[str, Any]
     source: str
     adapter: str  # "module:Class"
     adapter_sha256: str | None  # of the adapter module's source file
+    env: EnvInfo | None = None  # None: the runner's own interpreter (--envs current)
 
 
 @dataclass

@@ -50,6 +50,7 @@ class RunConfig:
     allow_busy: bool = False  # run even when other processes use the run's cores
     until_ci_pct: float | None = None  # adaptive: add repeats until every CI is this narrow
     max_processes: int = 20  # the cap of the adaptive repeats, per (task, backend)
+    envs: str = "current"  # "isolated": every backend's workers in its own env (harness/envs.py)
     denormals: str = "flush"  # "flush": every framework flushes denormals; or "framework-default"
 
     def to_json(self) -> dict[str, Any]:
@@ -197,8 +198,11 @@ def _in_group(group: int) -> dict[str, Any]:
 
 def run_worker(request: records.Request, log_path: Path, timeout_s: float,
                on_event: Callable[[dict[str, Any]], None],
-               memory_limit_gib: float | None = None) -> Outcome:
+               memory_limit_gib: float | None = None, python: str | None = None) -> Outcome:
     """Run one worker process for ``request``; its outcome, whatever happens to it.
+
+    ``python``: the interpreter of the worker (a backend's env, ``--envs isolated``; it gets
+    no PYTHONPATH, and its env's bin first on PATH); default: the runner's own.
 
     The worker runs in the process group of a watchdog that SIGKILLs the group when the
     runner dies (even by kill -9); the runner kills the group when the worker ends, times
@@ -213,6 +217,12 @@ def run_worker(request: records.Request, log_path: Path, timeout_s: float,
         json.dump({**request.to_json(), "runner_pid": os.getpid()}, f)
         cfg_path = f.name
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if python is not None:  # the env's interpreter sees its env only
+        for var in ("PYTHONPATH", "PYTHONHOME"):
+            env.pop(var, None)
+        prefix = str(Path(python).parent.parent)
+        env.update(VIRTUAL_ENV=prefix, PATH=os.pathsep.join([str(Path(python).parent),
+                                                             env.get("PATH", "")]))
     result: dict[str, Any] | None = None
     limit = memory_limit_gib * 2**30 if memory_limit_gib else None
     outcome: Outcome | None = None
@@ -225,8 +235,11 @@ def run_worker(request: records.Request, log_path: Path, timeout_s: float,
     try:
         with open(log_path, "w") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "fwbench.harness.worker", cfg_path],
+                [python or sys.executable, "-m", "fwbench.harness.worker", cfg_path],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                # Frameworks drop files into the working directory (MindSpore's rank_0/ graph
+                # dumps): the worker runs in the folder of its log, not the user's.
+                cwd=log_path.resolve().parent,
                 env=env, **_in_group(group),
             )
             watched = psutil.Process(proc.pid)
@@ -330,17 +343,26 @@ def fwbench_version() -> str:
     return f"{version} (harness {harness_sha256()[:12]})"
 
 
-def build_meta(config: RunConfig, backends: dict[str, Backend]) -> RunMeta:
-    """``run.json`` for a run starting now (before calibration)."""
+def _backend_info(backend: Backend, env: records.EnvInfo | None) -> records.BackendInfo:
+    requires = backend.versions()
+    if env is not None:  # the versions in the backend's env, not in the runner's
+        by_canon = {k.lower().replace("_", "-"): v for k, v in env.packages.items()}
+        requires = {d: by_canon.get(d.lower().replace("_", "-"), "not installed") for d in backend.requires}
+    return records.BackendInfo(requires, dict(backend.options), backend.source, backend.adapter,
+                               records.source_sha256(backend.adapter), env)
+
+
+def build_meta(config: RunConfig, backends: dict[str, Backend],
+               envs: dict[str, records.EnvInfo] | None = None) -> RunMeta:
+    """``run.json`` for a run starting now (before calibration); ``envs``: the env of each
+    backend that runs in one."""
+    envs = envs or {}
     return RunMeta(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         fwbench_version=fwbench_version(),
         config=config.to_json(),
         environment=environment.capture(),
-        backends={n: records.BackendInfo(backends[n].versions(), dict(backends[n].options),
-                                         backends[n].source, backends[n].adapter,
-                                         records.source_sha256(backends[n].adapter))
-                  for n in config.backends},
+        backends={n: _backend_info(backends[n], envs.get(n)) for n in config.backends},
         tasks={t: records.task_to_json(spec.TASKS[t]) for t in config.tasks},
     )
 
@@ -371,6 +393,13 @@ def environment_differences(saved: RunMeta, now: RunMeta) -> list[str]:
             out.append(f"backend {name} adapter code changed ({a.adapter})")
         if a.options != b.options:
             out.append(f"backend {name} options {a.options} -> {b.options}")
+        ea, eb = a.env, b.env
+        if (ea.key if ea else None) != (eb.key if eb else None):
+            out.append(f"backend {name} env {ea.name if ea else 'current'} -> {eb.name if eb else 'current'}")
+        elif ea and eb and ea.packages != eb.packages:
+            changed = sorted(k for k in set(ea.packages) | set(eb.packages)
+                             if ea.packages.get(k) != eb.packages.get(k))
+            out.append(f"backend {name} env packages changed ({', '.join(changed)})")
     for name in sorted(set(saved.tasks) & set(now.tasks)):
         if saved.tasks[name] != now.tasks[name]:
             changed = sorted(k for k in saved.tasks[name] if saved.tasks[name][k] != now.tasks[name].get(k))
@@ -379,13 +408,17 @@ def environment_differences(saved: RunMeta, now: RunMeta) -> list[str]:
 
 
 def prepare_resume(run_dir: Path, given: dict[str, Any], backends: dict[str, Backend],
-                   force: bool) -> RunConfig:
+                   force: bool,
+                   envs_for: Callable[[RunConfig], dict[str, records.EnvInfo]] | None = None
+                   ) -> RunConfig:
     """The saved configuration of ``run_dir``, after checking that nothing differs.
 
     ``given`` holds the options the user passed with --resume (already normalised as the
     configuration stores them): any that differs from the saved one is refused. The
     environment (fwbench, machine, packages, adapters, task definitions) must be the same
     too, unless ``force``; what was accepted is recorded in run.json when the run resumes.
+    ``envs_for`` finds the envs of the saved configuration's backends (``--envs isolated``,
+    versioned backends).
     """
     meta = records.load_meta(run_dir)
     saved = RunConfig.from_json(meta.config)
@@ -394,21 +427,28 @@ def prepare_resume(run_dir: Path, given: dict[str, Any], backends: dict[str, Bac
     if diffs:
         raise FwbenchError(f"--resume: {'; '.join(diffs)} differ from {run_dir / RUN_JSON}; "
                            "drop those options to resume the run as it was configured")
-    for name in saved.backends:  # A/A copies (torch#2) are copies of an installed backend
-        base = name.split("#")[0]
+    for name in saved.backends:  # A/A copies (torch#2), versions (jax@0.7.1) of a backend
+        base = name.split("#")[0].split("@")[0]
         if name not in backends and base in backends:
             backends[name] = dataclasses.replace(backends[base], name=name)
-    missing = [b for b in saved.backends if b not in backends or backends[b].missing()]
+    now_envs = envs_for(saved) if envs_for is not None else {}
+    missing = [b for b in saved.backends
+               if b not in backends or (backends[b].missing() and b not in now_envs)]
     if missing:
         raise FwbenchError(f"--resume: backend(s) {', '.join(missing)} of that run are not installed")
     unknown = [t for t in saved.tasks if t not in spec.TASKS]
     if unknown:
         raise FwbenchError(f"--resume: task(s) {', '.join(unknown)} of that run are not known here")
-    env_diffs = environment_differences(meta, build_meta(saved, backends))
+    env_diffs = environment_differences(meta, build_meta(saved, backends, now_envs))
     if env_diffs and not force:
         raise FwbenchError(f"--resume: the environment changed since the run started: "
                            f"{'; '.join(env_diffs)} (--force-resume accepts that, and records it)")
     return saved
+
+
+def env_python(env: records.EnvInfo) -> str:
+    """The interpreter of a backend's env."""
+    return str(Path(env.path) / "bin" / "python")
 
 
 def new_run_dir(base: Path = Path("runs")) -> Path:
@@ -425,21 +465,23 @@ def _now() -> str:
 def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         on_event: Callable[[CellEvent], None] = lambda e: None,
         on_status: Callable[[str], None] = lambda s: None,
-        force_resume: bool = False) -> list[CellRecord]:
-    """Run every planned cell not already in ``run_dir``; returns this run's records."""
+        force_resume: bool = False,
+        envs: dict[str, records.EnvInfo] | None = None) -> list[CellRecord]:
+    """Run every planned cell not already in ``run_dir``; returns this run's records.
+    ``envs``: the env of each backend whose workers run in one (its ``bin/python``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     results = run_dir / RESULTS
     torn = records.cut_torn_line(results)
     done = {r.ident for r in records.read_records(results)}
     if not done:  # a new run (or one that died before its first record): fresh metadata
-        meta = build_meta(config, backends)
+        meta = build_meta(config, backends, envs)
         if torn is not None:
             meta.resumed.append(records.Resumption(_now(), False, [], torn.name))
         records.write_meta(run_dir, meta)
     else:
         meta = records.load_meta(run_dir)
-        diffs = environment_differences(meta, build_meta(config, backends))
+        diffs = environment_differences(meta, build_meta(config, backends, envs))
         if diffs and not force_resume:
             raise FwbenchError(f"--resume: the environment changed since the run started: "
                                f"{'; '.join(diffs)} (--force-resume accepts that, and records it)")
@@ -467,7 +509,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
     rounds = plan(config)
     for number, cells in enumerate(rounds):
         _run_round(number, [c for c in cells if c.ident not in done], config, run_dir, backends,
-                   meta, prepared, cpus, out, on_event)
+                   meta, prepared, cpus, out, on_event, envs)
     if config.until_ci_pct is not None:
         number = len(rounds)
         while True:
@@ -475,7 +517,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             if not pending:
                 break
             _run_round(number, [Cell(t, b, 0, number) for t, b in pending], config, run_dir,
-                       backends, meta, prepared, cpus, out, on_event)
+                       backends, meta, prepared, cpus, out, on_event, envs)
             number += 1
     _record_stopping(config, meta, records.read_records(results))
     records.write_meta(run_dir, meta)
@@ -552,7 +594,8 @@ def _record_stopping(config: RunConfig, meta: RunMeta, rs: list[CellRecord]) -> 
 
 def _run_round(number: int, cells: list[Cell], config: RunConfig, run_dir: Path,
                backends: dict[str, Backend], meta: RunMeta, prepared: dict[str, Path],
-               cpus: list[int], out: list[CellRecord], on_event: Callable[[CellEvent], None]) -> None:
+               cpus: list[int], out: list[CellRecord], on_event: Callable[[CellEvent], None],
+               envs: dict[str, records.EnvInfo] | None = None) -> None:
     """One drift probe, then the round's cells, one worker process each."""
     from . import noise
 
@@ -568,7 +611,7 @@ def _run_round(number: int, cells: list[Cell], config: RunConfig, run_dir: Path,
         request = records.TrainRequest(
             config.threads, cpus, backend_spec(backends[cell.backend], config, cell.seed),
             task=records.task_to_json(task), seed=cell.seed, profile=config.profile,
-            data_path=str(prepared[task.dataset]), timing_only=cell.repeat > 0,
+            data_path=str(prepared[task.dataset].resolve()), timing_only=cell.repeat > 0,
             max_steps=config.timing_steps, denormals=config.denormals)
         log_path = run_dir / "logs" / f"{cell.key}.log"
         started = time.time()
@@ -578,7 +621,9 @@ def _run_round(number: int, cells: list[Cell], config: RunConfig, run_dir: Path,
                                event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
 
         before = noise.snapshot(cpus)
-        outcome = run_worker(request, log_path, config.timeout_s, forward, config.memory_limit_gib)
+        env = (envs or {}).get(cell.backend)
+        outcome = run_worker(request, log_path, config.timeout_s, forward, config.memory_limit_gib,
+                             python=env_python(env) if env else None)
         busy = noise.busy_between(before, noise.snapshot(cpus), [os.getpid(), *outcome.pids])
         record = records.record_from_json(
             {"schema": records.SCHEMA, **outcome.result, "status": outcome.status,

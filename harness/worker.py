@@ -150,6 +150,16 @@ def denormal_state(adapter, policy: str, switch: str) -> dict[str, Any]:
             "nonzero_fraction": nonzero}
 
 
+def packages(backend) -> dict[str, str]:
+    """The versions of the packages that matter, as this interpreter has them: fwbench,
+    NumPy, the frameworks (``environment.PACKAGES``) and the backend's own distributions."""
+    from . import environment
+
+    found = {k: v for k, v in environment.versions().items() if v is not None}
+    found.update({k: v for k, v in backend.versions().items() if v != "not installed"})
+    return found
+
+
 def train(req, out) -> dict[str, Any]:
     """Train one cell; ``req.timing_only`` runs at most ``req.max_steps`` steps and no eval."""
     import numpy as np
@@ -261,6 +271,8 @@ def train(req, out) -> dict[str, Any]:
         denormals=denormal_state(adapter, req.denormals, switch),
         thread_settings=_describe(adapter.thread_settings()),
         determinism=_describe(adapter.determinism()),
+        packages=packages(backend),
+        python=sys.executable,
     )
     memory.stop()
     record["memory_timeline"] = [[t, round(rss / MIB, 1)] for t, rss in memory.timeline]
@@ -350,6 +362,7 @@ def overhead(req) -> dict[str, Any]:
     arrays = data.task_arrays(task, data.load_prepared(req.data_path))
     x, y = arrays["x_train"], arrays["y_train"]
     adapter = backend.load()(task, req.threads, backend.options)
+    adapter.flush_denormals()  # the default policy of runs
     adapter.build(spec.init_params(task, 0))
     batches = spec.train_batches(len(x), task.batch_size, 0, 1)[: req.steps]
     gathered = [(x[idx], y[idx]) for idx in batches]
@@ -373,8 +386,46 @@ def overhead(req) -> dict[str, Any]:
             "ratio_pregathered": float(np.median(harness) / np.median(pre))}
 
 
+def idiomatic(req) -> dict[str, Any]:
+    """``fwbench overhead --against idiomatic``: ``req.kind`` "adapter" times the backend's
+    ``train_step`` (canonical weights of ``req.seed``, the default denormal policy, as in
+    ``train``), "idiomatic" the step of the hand-written loop ``req.loop``
+    (``benchmarks/idiomatic``, its own initialisers). Both run through ``run_steps`` on the
+    same batches (``spec.train_batches`` of ``req.seed``, epoch after epoch as needed):
+    ``req.warmup`` steps, then ``req.steps`` timed ones, returned in ms."""
+    import types
+
+    from . import data, records, spec
+    from . import idiomatic as reference
+    from .adapter import Backend
+
+    task = records.task_from_json(req.task)
+    arrays = data.task_arrays(task, data.load_prepared(req.data_path))
+    x, y = arrays["x_train"], arrays["y_train"]
+    t = time.perf_counter()
+    if req.kind == "adapter":
+        backend = Backend(**dataclasses.asdict(req.backend))
+        adapter = backend.load()(task, req.threads, backend.options)
+        adapter.flush_denormals()
+        adapter.build(spec.init_params(task, req.seed))
+    elif req.kind == "idiomatic":
+        step = reference.load_loop(req.loop).make_step(task.name, req.threads)
+        adapter = types.SimpleNamespace(train_step=step)
+    else:
+        raise ValueError(f"unknown kind {req.kind!r}")
+    setup_s = time.perf_counter() - t
+    batches = reference.batch_order(len(x), task.batch_size, req.seed, req.warmup + req.steps)
+    times: list[float] = []
+    losses: list[float] = []
+    bad = run_steps(adapter, x, y, batches, times, losses)
+    if bad is not None:
+        return {"status": "diverged", "error": f"loss is {losses[-1]} at step {bad}"}
+    return {"status": "ok", "error": None, "setup_s": setup_s, "first_step_s": times[0],
+            "step_ms": [v * 1e3 for v in times[req.warmup:]], "losses": losses}
+
+
 MODES = {"train": train, "probe": probe, "calibrate": calibrate, "drift": drift,
-         "overhead": overhead}
+         "overhead": overhead, "idiomatic": idiomatic}
 
 
 def die_with_parent(parent_pid: int | None) -> None:
