@@ -302,7 +302,8 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_r
     ids: dict[str, int] = {}
 
     def on_event(e: runner.CellEvent) -> None:
-        label = f"{e.cell.task:<6} {e.cell.backend:<18} seed {e.cell.seed}"
+        label = f"{e.cell.task:<6} {e.cell.backend:<18} " + (
+            f"repeat {e.cell.repeat}" if e.cell.repeat else f"seed {e.cell.seed}")
         if e.kind == "start":
             ids[e.cell.key] = progress.add_task(label, total=None, note="starting")
         elif e.kind == "progress":

@@ -97,8 +97,13 @@ def test_smoke_run_end_to_end_with_torch(tmp_path):
         assert rec["throughput_samples_s"] > 0 and rec["peak_rss_mib"] > 50
         assert rec["test_accuracy"] == rec["epochs"][0]["test_accuracy"]
     acc = {x["task"]: x["test_accuracy"] for x in records}
-    # 1 epoch on the 3,000-image sample: far above chance (0.1) for both MNIST models
-    assert acc["mlp"] > 0.8 and acc["lenet"] > 0.5 and acc["lstm"] >= 0.4
+    # 1 epoch on the 3,000-image sample: far above chance (0.1) for both MNIST models; the
+    # LSTM (23 steps on 1,500 reviews) must beat always answering the sample's majority class
+    from fwbench.harness import data
+
+    y = data.load_prepared(data.prepare("imdb", "smoke"))["y_test"]
+    majority = max(y.mean(), 1 - y.mean())
+    assert acc["mlp"] > 0.8 and acc["lenet"] > 0.5 and acc["lstm"] > majority + 0.02
     assert json.loads((out / "run.json").read_text())["config"]["profile"] == "smoke"
 
     rep = fwbench("report", str(out))
