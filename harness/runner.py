@@ -490,6 +490,12 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         records.write_meta(run_dir, meta)
 
     cpus = environment.available_cpus()[: config.threads]
+    # Data first: a missing or corrupted file is the user's to fix, whatever the machine does
+    # (and decoding it must not run during the noise probe or a cell).
+    prepared: dict[str, Path] = {}
+    for dataset in sorted({spec.TASKS[t].dataset for t in config.tasks}):
+        on_status(f"preparing {dataset} ({config.profile} profile)")
+        prepared[dataset] = data.prepare(dataset, config.profile, config.data_dir)
     _noise_guard(config, cpus, meta, on_status)
     records.write_meta(run_dir, meta)
     if meta.calibration is None:
@@ -499,11 +505,6 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         meta.calibration = records.Calibration(outcome.result.get("gemm_peak_gflops"),
                                                config.threads, outcome.result.get("blas") or [])
         records.write_meta(run_dir, meta)
-
-    prepared: dict[str, Path] = {}
-    for dataset in sorted({spec.TASKS[t].dataset for t in config.tasks}):
-        on_status(f"preparing {dataset} ({config.profile} profile)")
-        prepared[dataset] = data.prepare(dataset, config.profile, config.data_dir)
 
     out: list[CellRecord] = []
     rounds = plan(config)
