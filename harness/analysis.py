@@ -160,16 +160,8 @@ def equivalence(reference: list[float], other: list[float]) -> Equivalence:
                        1 - 2 * e.alpha)
 
 
-@dataclass
-class Interval:
-    """A ratio B / A with its bootstrap interval over processes (or drift probes)."""
-
-    ratio: float
-    lo: float
-    hi: float
-    level: float
-    n_a: int
-    n_b: int
+# A ratio B / A with its bootstrap interval over processes (or drift probes): stats' own type.
+Interval = stats.RatioCI
 
 
 @dataclass
@@ -197,10 +189,6 @@ class Changes:
     drift_level: float
 
 
-def _interval(c: Any) -> Interval | None:
-    return c and Interval(c.ratio, c.lo, c.hi, c.level, c.n_a, c.n_b)
-
-
 def run_changes(matched: dict[tuple[str, str], tuple[StepSummary, StepSummary]],
                 probes_a: list[float], probes_b: list[float], threshold_pct: float) -> Changes:
     """Run B against run A per common (task, backend), as ``fwbench compare`` gates on it.
@@ -224,9 +212,9 @@ def run_changes(matched: dict[tuple[str, str], tuple[StepSummary, StepSummary]],
         else:
             detail = stats.regression_verdict(change, d, threshold_pct)
             verdict = INCONCLUSIVE if detail.startswith(INCONCLUSIVE) else detail
-        cells[key] = CellChange(ratio, _interval(change), adjusted[key], sa.processes,
+        cells[key] = CellChange(ratio, change, adjusted[key], sa.processes,
                                 sb.processes, verdict, detail)
-    return Changes(cells, _interval(d), (len(_finite(probes_a)), len(_finite(probes_b))),
+    return Changes(cells, d, (len(_finite(probes_a)), len(_finite(probes_b))),
                    threshold_pct, level, 1 - ALPHA / 2)
 
 
