@@ -10,8 +10,10 @@ from typing import Any
 
 PACKAGES = ("fwbench", "numpy", "pandas", "torch", "tensorflow", "keras", "mindspore", "jax",
             "jaxlib", "flax", "optax")
-PERF_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "XLA_", "TF_", "KMP_", "GOMP_", "JAX_",
-                     "MS_", "GLOG_", "KERAS_", "TORCH_", "FWBENCH_")
+# "TF_" alone would also catch unrelated tools' variables (Terraform's TF_CLI_CONFIG_FILE).
+PERF_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "XLA_", "TF_NUM_", "TF_ENABLE_", "TF_CPP_",
+                     "TF_XLA_", "TF_DETERMINISTIC", "TF_FORCE_", "TF_GPU_", "KMP_", "GOMP_",
+                     "JAX_", "MS_", "GLOG_", "KERAS_", "TORCH_", "FWBENCH_")
 
 
 def cpu_model() -> str:
