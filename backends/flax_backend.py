@@ -15,6 +15,15 @@ Layout notes (conversions live in ``_param_map``, used by the loader and the exp
   (passed explicitly, so the RNN keeps no RNG state) and h_T is returned; no masking.
 - ``nnx.Embed.embedding`` is [vocab, dim]; its gradient is dense (a scatter-add into a
   zero table), so Adam is dense Adam, like torch.
+- Convolutions get explicit (low, high) padding ("same": (k-1)//2 before, k//2 after). A
+  Conv1D is an ``nnx.Conv`` over the [N, T, C] sequence (already channels-last), kernel
+  [k, in, out]; MaxPool1D is ``nnx.max_pool`` over T.
+- The GRU is the ``GRU`` module below (``nnx.GRUCell`` has no recurrent bias, so it is not
+  the spec's cell): ``dense_i`` / ``dense_h`` kernels are the canonical w_ih.T / w_hh.T, their
+  biases b_ih / b_hh. A Bidirectional holds two stacks ``fw`` and ``bw``; the parameters of
+  inner layer j live under ("layers", i, "fw"|"bw", j, ...).
+- Dropout draws from ``nnx.Rngs(dropout=options["seed"])``, whose counter advances every
+  training step; evaluation, logits and gradients run with ``deterministic=True``.
 
 The training step follows the Flax performance guide: ``nnx.jit`` traverses the object
 graph in Python on every call, which is a large share of a small CPU step, so the default
@@ -59,6 +68,50 @@ class LastHidden(nnx.Module):
         return h
 
 
+class GRU(nnx.Module):
+    """The spec's GRU (``jax_common.gru``, a ``lax.scan`` shared with the JAX adapter) over
+    [N, T, in], in ``nnx.GRUCell``'s parameter layout plus the recurrent bias that cell lacks.
+
+    Flax 0.12's ``nnx.GRUCell`` is reset-after but its ``dense_h`` has no bias, so it cannot
+    hold b_hn (inside r * (.)): not the spec's formula, hence this module. ``dense_i`` [in, 3H]
+    and ``dense_h`` [H, 3H] (both with bias, gate blocks r, z, n) are the canonical
+    w_ih.T / w_hh.T, b_ih / b_hh. The input projection of every step is one 2-D matmul
+    before the scan.
+    """
+
+    def __init__(self, n_in: int, layer: spec.GRU, *, rngs: nnx.Rngs):
+        self.return_sequences = layer.return_sequences
+        self.dense_i = nnx.Linear(n_in, 3 * layer.units, rngs=rngs)
+        self.dense_h = nnx.Linear(layer.units, 3 * layer.units, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax_common.gru(x, self.dense_i.kernel.value, self.dense_h.kernel.value,
+                              self.dense_i.bias.value, self.dense_h.bias.value, self.return_sequences)
+
+
+def _stack(layers: tuple[spec.Layer, ...], shape: spec.Shape, rngs: nnx.Rngs) -> nnx.List:
+    out = []
+    for layer in layers:
+        out.append(MODULES(layer, shape, rngs))
+        shape = spec.output_shape(layer, shape)
+    return nnx.List(out)
+
+
+class Bidirectional(nnx.Module):
+    """Two independent stacks: ``fw`` over x, ``bw`` over x[:, ::-1]; the sum of their last
+    states. (``nnx.Bidirectional`` merges per-step outputs of one layer, not this.)"""
+
+    def __init__(self, layer: spec.Bidirectional, shape: spec.Shape, *, rngs: nnx.Rngs):
+        self.fw = _stack(layer.layers, shape, rngs)
+        self.bw = _stack(layer.layers, shape, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fw, bw = x, x[:, ::-1]
+        for f, b in zip(self.fw, self.bw):
+            fw, bw = f(fw), b(bw)
+        return fw + bw
+
+
 def _flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
@@ -68,17 +121,31 @@ def _max_pool(layer: spec.MaxPool2D, shape: spec.Shape, rngs: nnx.Rngs) -> Calla
     return lambda x: nnx.max_pool(x, (p, p), strides=(p, p))
 
 
+def _max_pool1d(layer: spec.MaxPool1D, shape: spec.Shape, rngs: nnx.Rngs) -> Callable[[jax.Array], jax.Array]:
+    p = layer.pool
+    return lambda x: nnx.max_pool(x, (p,), strides=(p,))  # [N, T, C]: T is the one spatial axis
+
+
+def _conv(layer: spec.Conv2D | spec.Conv1D, n_in: int, axes: int, rngs: nnx.Rngs) -> nnx.Conv:
+    # Explicit (low, high) pairs: the spec's "same" split by construction.
+    return nnx.Conv(n_in, layer.filters, (layer.kernel,) * axes,
+                    padding=jax_common.conv_padding(layer, axes), rngs=rngs)
+
+
 # (layer, canonical input shape, rngs) -> the layer's module or function (NHWC images)
 MODULES = spec.LayerRules("flax adapter: modules", {
     spec.Flatten: lambda layer, shape, rngs: _flatten,
     spec.Dense: lambda layer, shape, rngs: nnx.Linear(shape[0], layer.units, rngs=rngs),
-    spec.Conv2D: lambda layer, shape, rngs: nnx.Conv(shape[0], layer.filters, (layer.kernel, layer.kernel),
-                                                     padding="VALID", rngs=rngs),
+    spec.Conv2D: lambda layer, shape, rngs: _conv(layer, shape[0], 2, rngs),  # canonical (C, H, W)
     spec.MaxPool2D: _max_pool,
     spec.ReLU: lambda layer, shape, rngs: nnx.relu,
     spec.Dropout: lambda layer, shape, rngs: nnx.Dropout(layer.rate),  # keys: Net.dropout_rngs
     spec.Embedding: lambda layer, shape, rngs: nnx.Embed(layer.vocab, layer.dim, rngs=rngs),
     spec.LSTM: lambda layer, shape, rngs: LastHidden(shape[-1], layer.units, rngs=rngs),
+    spec.Conv1D: lambda layer, shape, rngs: _conv(layer, shape[-1], 1, rngs),  # (T, C)
+    spec.MaxPool1D: _max_pool1d,
+    spec.GRU: lambda layer, shape, rngs: GRU(shape[-1], layer, rngs=rngs),
+    spec.Bidirectional: lambda layer, shape, rngs: Bidirectional(layer, shape, rngs=rngs),
 })
 
 
@@ -136,6 +203,37 @@ def _lstm_params(layer: spec.LSTM, i: int, shape: spec.Shape, rows: _Rows) -> di
             f"{i}.bias": (cell + ("dense_h", "bias"), spec.identity, spec.identity)}
 
 
+def _oiw_to_wio(a: np.ndarray) -> np.ndarray:
+    """Conv1D kernel [out, in, k] <-> nnx.Conv's [k, in, out] (its own inverse)."""
+    return a.transpose(2, 1, 0)
+
+
+def _conv1d_params(layer: spec.Conv1D, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    return {f"{i}.kernel": (("layers", i, "kernel"), _oiw_to_wio, _oiw_to_wio),
+            f"{i}.bias": (("layers", i, "bias"), spec.identity, spec.identity)}
+
+
+def _gru_params(layer: spec.GRU, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    at = ("layers", i)
+    return {f"{i}.w_ih": (at + ("dense_i", "kernel"), spec.transpose, spec.transpose),
+            f"{i}.w_hh": (at + ("dense_h", "kernel"), spec.transpose, spec.transpose),
+            f"{i}.b_ih": (at + ("dense_i", "bias"), spec.identity, spec.identity),
+            f"{i}.b_hh": (at + ("dense_h", "bias"), spec.identity, spec.identity)}
+
+
+def _bidirectional_params(layer: spec.Bidirectional, i: int, shape: spec.Shape, rows: _Rows) -> dict:
+    """Inner layer j's rule, renamed "<i>.<fw|bw>.<j>.<role>" and re-rooted from
+    ("layers", j, ...) to ("layers", i, "fw"|"bw", j, ...)."""
+    out = {}
+    for direction in ("fw", "bw"):
+        s = shape
+        for j, inner in enumerate(layer.layers):
+            for name, (path, to_flax, from_flax) in PARAMS(inner, j, s, _Rows()).items():
+                out[f"{i}.{direction}.{name}"] = (("layers", i, direction, *path[1:]), to_flax, from_flax)
+            s = spec.output_shape(inner, s)
+    return out
+
+
 # (layer, index, canonical input shape, pending rows) -> {canonical name: (path, to, from)}
 PARAMS = spec.LayerRules("flax adapter: parameters", {
     spec.Flatten: _flatten_params,
@@ -147,6 +245,10 @@ PARAMS = spec.LayerRules("flax adapter: parameters", {
     spec.Embedding: lambda layer, i, shape, rows: {
         f"{i}.table": (("layers", i, "embedding"), spec.identity, spec.identity)},
     spec.LSTM: _lstm_params,
+    spec.Conv1D: _conv1d_params,
+    spec.MaxPool1D: spec.no_params,
+    spec.GRU: _gru_params,
+    spec.Bidirectional: _bidirectional_params,
 })
 
 
@@ -188,7 +290,9 @@ def _leaf(v: Any) -> np.ndarray:
     return np.array(v.value if isinstance(v, nnx.Variable) else v, copy=True)
 
 
-class FlaxAdapter(Adapter):
+class FlaxAdapter(jax_common.XlaDevice, Adapter):  # device methods: jax_common
+    layer_rules = (MODULES, PARAMS)
+
     def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
         super().__init__(task, threads, options)
         self.step_mode = self.options.get("step", "functional")

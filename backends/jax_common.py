@@ -132,6 +132,82 @@ def eval_sums(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
 FLUSH_DEFAULT = "XLA:CPU flushes by default (its compiled code runs with FTZ/DAZ)"
 
 
+class XlaDevice:
+    """The device methods of the JAX and Flax adapters (``Adapter``'s, see there). On a GPU
+    cell the worker set ``JAX_PLATFORMS=cuda,cpu`` (no silent fall-back to the CPU),
+    ``JAX_DEFAULT_MATMUL_PRECISION=highest`` and ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
+    before ``import jax``; arrays then go to the GPU (the default device) by themselves."""
+
+    @classmethod
+    def device_unsupported(cls, platform: str) -> str | None:
+        if platform == "cpu":
+            return None
+        try:
+            found = jax.devices("gpu")
+        except RuntimeError as exc:
+            why = " ".join(str(exc).split())[:160]
+            return f"jax {jax.__version__} has no usable CUDA backend ({why})"
+        return None if found else f"jax {jax.__version__} sees no GPU"
+
+    def device_settings(self) -> dict[str, Any]:
+        jax.config.update("jax_default_matmul_precision", "highest")
+        return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+                "default_backend": jax.default_backend()}
+
+    def device_versions(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cuda": None, "cudnn": None}
+        try:  # private, and moved between releases: best effort, None when absent
+            from jax._src.lib import cuda_versions
+
+            if cuda_versions is not None:
+                out["cuda"] = _cuda_version(cuda_versions.cuda_runtime_get_version())
+                out["cudnn"] = _cudnn_version(cuda_versions.cudnn_get_version())
+        except Exception:  # noqa: BLE001
+            pass
+        return out
+
+    def memory_peak(self) -> dict[str, Any]:
+        if not getattr(self, "gpu", False):
+            return {}
+        stats = jax.devices()[0].memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        return {"source": "jax Device.memory_stats()['peak_bytes_in_use']",
+                "counts": "bytes of live buffers in XLA's BFC allocator at its peak over the "
+                          "cell (preallocation off)",
+                "peak_mib": peak / 2**20 if peak is not None else None,
+                "reserved_peak_mib": (stats["peak_pool_bytes"] / 2**20
+                                      if stats.get("peak_pool_bytes") else None)}
+
+    def gemm(self, n: int):
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        a, b = (jnp.asarray(rng.random((n, n), dtype=np.float32)) for _ in range(2))
+        product = jax.jit(lambda x, y: x @ y)
+
+        def run(k: int) -> None:
+            c = None
+            for _ in range(k):
+                c = product(a, b)
+            c.block_until_ready()
+
+        return run
+
+
+def _cuda_version(v: Any) -> str | None:
+    """CUDA's integer version as text: 1000 major + 10 minor (12080 -> "12.8")."""
+    return f"{v // 1000}.{v % 1000 // 10}" if isinstance(v, int) else None
+
+
+def _cudnn_version(v: Any) -> str | None:
+    """cuDNN's integer version as text: 9.x is 10000 major + 100 minor + patch (90800 ->
+    "9.8.0"), 8.x 1000 major + 100 minor + patch (8902 -> "8.9.2")."""
+    if not isinstance(v, int):
+        return None
+    major, rest = (v // 10000, v % 10000) if v >= 10000 else (v // 1000, v % 1000)
+    return f"{major}.{rest // 100}.{rest % 100}"
+
+
 def denormal_product(a, b):
     """``a * b`` in a jitted XLA computation, as the training step runs (see
     ``Adapter.denormal_product``)."""
@@ -141,3 +217,58 @@ def denormal_product(a, b):
 
 
 _multiply = jax.jit(lambda x, y: x * y)
+
+
+# ------------------------------------------------------------ layers both adapters build
+
+
+def conv_padding(layer: spec.Conv2D | spec.Conv1D, axes: int) -> list[tuple[int, int]]:
+    """Explicit (low, high) padding of each spatial axis for ``lax.conv_general_dilated`` and
+    ``nnx.Conv``: "same" is the spec's split ((k-1)//2 before, k//2 after) by construction,
+    not whatever a framework's "SAME" does; "valid" is none."""
+    pair = spec.same_padding(layer.kernel) if layer.padding == "same" else (0, 0)
+    return [pair] * axes
+
+
+def time_major_projection(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """x [N, T, in] -> x_t @ w + b for every step, time-major [T, N, G], as one 2-D matmul.
+
+    (2-D on purpose: XLA:CPU runs a dot with two contracting dims, which the gradient of a
+    3-D einsum produces, through a slow generic loop instead of Eigen.)
+    """
+    n, t_len, n_in = x.shape
+    x_tm = jnp.swapaxes(x, 0, 1).reshape(t_len * n, n_in)
+    return (x_tm @ w + b).reshape(t_len, n, w.shape[1])
+
+
+def gru(x: jax.Array, w_i: jax.Array, w_h: jax.Array, b_i: jax.Array, b_h: jax.Array,
+        return_sequences: bool) -> jax.Array:
+    """The spec's GRU over x [N, T, in]: every h_t [N, T, H], or h_T [N, H].
+
+    Gates r, z, n; the reset gate multiplies the recurrent projection (bias included):
+    r = sigmoid(xW_ir + b_ir + hW_hr + b_hr), z = sigmoid(xW_iz + b_iz + hW_hz + b_hz),
+    n = tanh(xW_in + b_in + r * (hW_hn + b_hn)), h' = (1 - z) * n + z * h; h_0 = 0.
+    ``w_i`` [in, 3H] and ``w_h`` [H, 3H] are in ``x @ w`` form (the canonical w_ih.T,
+    w_hh.T), gate blocks r, z, n along the columns; ``b_i``, ``b_h`` [3H].
+    """
+    hidden = w_h.shape[0]
+    zx = time_major_projection(x, w_i, b_i)
+
+    def cell(h, zx_t):
+        zh = h @ w_h + b_h
+        # One sigmoid over the r and z columns together, as the LSTM does over its gates.
+        rz = jax.nn.sigmoid(zx_t[:, : 2 * hidden] + zh[:, : 2 * hidden])
+        r, z = rz[:, :hidden], rz[:, hidden:]
+        n = jnp.tanh(zx_t[:, 2 * hidden :] + r * zh[:, 2 * hidden :])
+        h = (1.0 - z) * n + z * h
+        return h, (h if return_sequences else None)
+
+    h0 = jnp.zeros((x.shape[0], hidden), x.dtype)
+    # Rematerialise the cell in the backward pass (saving only h per step), as the LSTM does.
+    h, hs = jax.lax.scan(jax.checkpoint(cell), h0, zx)
+    return jnp.swapaxes(hs, 0, 1) if return_sequences else h
+
+
+def max_pool(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    """Non-overlapping max pooling (window = stride, floor) over the axes where ``window`` > 1."""
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, "VALID")

@@ -14,22 +14,24 @@ weight is [out, in, kh, kw] and activations are NCHW, so conv kernels and the NC
 (checked against ``reference.forward``: no permutation needed); it has two biases that it
 adds (``bias_ih + bias_hh``): the canonical bias goes into ``bias_ih``, ``bias_hh`` stays zero
 and frozen (``requires_grad=False``: not differentiated, not given to the optimizer).
+``nn.GRU`` on CPU has no fused kernel: it runs ``rnn_cells._gru_cell`` step by step, whose
+formula and layout are the spec's (gates r, z, n, reset after the recurrent matmul, ``b_ih``
+and ``b_hh`` both trained), so GRU weights load as they are. ``nn.Conv1d`` is a Conv2D over
+[N, C, 1, T] with weight [out, in, 1, k] (the canonical kernel reshaped), applied between
+transposes of the spec's [N, T, C] sequences; ``pad_mode="same"`` puts the odd zero at the
+end, as the spec does. Dropout: ``nn.Dropout`` in ``set_train(True)`` only (MindSpore's RNG,
+seeded by ``ms.set_seed`` from ``options["seed"]`` when given).
 Initialisers do not matter: every parameter is overwritten with the canonical values.
 
 Optimizers (the spec's formulas, see ``spec.py``):
 - momentum SGD: ``nn.SGD(momentum=m)``: v = m*v + g (dampening 0; v = g on the first step,
   the same as from v = 0); w -= lr*v. ``nn.Momentum`` computes the same but its 2.10
   docstring marks it deprecated.
-- RMSprop: ``mindspore.experimental.optim.RMSprop``: s = a*s + (1-a)*g^2;
-  w -= lr*g/(sqrt(s) + eps), eps outside the sqrt as the spec says. (``nn.RMSProp`` puts eps
-  inside the sqrt.)
-- Adam: ``KingmaBaAdam`` below. ``nn.Adam`` and ``experimental.optim.Adam`` (both the fused
-  ``ops.Adam``) compute lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v) + eps), i.e. eps before bias
-  correction; ``mint.optim.Adam`` has the spec's formula but is Ascend-only (on CPU it
-  leaves the weights unchanged in PYNATIVE_MODE). Kingma & Ba's update equals the fused
-  kernel's with eps_hat = eps*sqrt(1-b2^t), so ``KingmaBaAdam`` calls ``ops.Adam`` with that
-  eps each step: the spec's formula in one fused kernel per tensor, dense (every row of the
-  embedding table is updated; no lazy/sparse Adam).
+- RMSprop and Adam: ``AdamKernel`` below, the fused ``ops.Adam`` kernel with arguments that
+  make it compute the spec's formulas exactly (RMSprop with eps outside the sqrt; Adam with
+  eps after the bias correction). ``nn.RMSProp`` puts eps inside the sqrt; ``nn.Adam`` and
+  ``experimental.optim.Adam`` add it before the bias correction; ``mint.optim.Adam`` has the
+  spec's formula but is Ascend-only (on CPU it leaves the weights unchanged in PYNATIVE_MODE).
 """
 
 from __future__ import annotations
@@ -46,7 +48,6 @@ import numpy as np
 from fwbench.harness import spec
 from fwbench.harness.adapter import Adapter
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.experimental import optim as ms_optim
 
 # ----------------------------------------------------------------------------- model
 
@@ -64,21 +65,84 @@ class LastHidden(nn.Cell):
         return h[-1]
 
 
+class GRULayer(nn.Cell):
+    """One ``nn.GRU`` layer: every h_t [N, T, H] or the last state h_T [N, H]."""
+
+    def __init__(self, n_in: int, units: int, return_sequences: bool):
+        super().__init__()
+        self.gru = nn.GRU(n_in, units, batch_first=True)
+        self.return_sequences = return_sequences
+
+    def construct(self, x):
+        out, h = self.gru(x)  # h: [num_layers * directions, N, H]
+        if self.return_sequences:
+            return out
+        return h[-1]
+
+
+class Conv1dNTC(nn.Cell):
+    """``nn.Conv1d`` (weight [out, in, 1, k]) on the spec's channels-last sequences [N, T, C]."""
+
+    def __init__(self, n_in: int, layer: spec.Conv1D):
+        super().__init__()
+        self.conv = nn.Conv1d(n_in, layer.filters, layer.kernel, pad_mode=layer.padding, has_bias=True)
+
+    def construct(self, x):
+        return ops.transpose(self.conv(ops.transpose(x, (0, 2, 1))), (0, 2, 1))
+
+
+class MaxPool1dNTC(nn.Cell):
+    def __init__(self, pool: int):
+        super().__init__()
+        self.pool = nn.MaxPool1d(kernel_size=pool, stride=pool)
+
+    def construct(self, x):
+        return ops.transpose(self.pool(ops.transpose(x, (0, 2, 1))), (0, 2, 1))
+
+
+class SumBidirectional(nn.Cell):
+    """Two independent stacks, ``bw`` run on the time-reversed input, last states summed.
+
+    Not ``nn.GRU(bidirectional=True)``: from its second layer on, each direction reads the
+    concatenation of both directions' outputs, which is not the spec's two stacks."""
+
+    def __init__(self, layer: spec.Bidirectional, shape: spec.Shape):
+        super().__init__()
+        self.fw, self.bw = _stack(layer.layers, shape), _stack(layer.layers, shape)
+
+    def construct(self, x):
+        return self.fw(x) + self.bw(ops.flip(x, (1,)))
+
+
 CELLS = spec.LayerRules("mindspore adapter: cells", {
     spec.Flatten: lambda layer, shape: nn.Flatten(),
     spec.Dense: lambda layer, shape: nn.Dense(shape[0], layer.units),
+    # pad_mode "same": (k-1)//2 before, k//2 after (the odd one at the end), as the spec
     spec.Conv2D: lambda layer, shape: nn.Conv2d(shape[0], layer.filters, layer.kernel,
-                                                pad_mode="valid", has_bias=True),
+                                                pad_mode=layer.padding, has_bias=True),
     spec.MaxPool2D: lambda layer, shape: nn.MaxPool2d(kernel_size=layer.pool, stride=layer.pool),
     spec.ReLU: lambda layer, shape: nn.ReLU(),
     spec.Dropout: lambda layer, shape: nn.Dropout(p=layer.rate),
     spec.Embedding: lambda layer, shape: nn.Embedding(layer.vocab, layer.dim),
     spec.LSTM: lambda layer, shape: LastHidden(shape[-1], layer.units),
+    spec.Conv1D: lambda layer, shape: Conv1dNTC(shape[-1], layer),
+    spec.MaxPool1D: lambda layer, shape: MaxPool1dNTC(layer.pool),
+    spec.GRU: lambda layer, shape: GRULayer(shape[-1], layer.units, layer.return_sequences),
+    spec.Bidirectional: SumBidirectional,
 })
 
 
+def _stack(layers: tuple[spec.Layer, ...], shape: spec.Shape) -> nn.SequentialCell:
+    """The cells of ``layers`` given the canonical shape of one example entering them."""
+    cells = []
+    for layer in layers:
+        cells.append(CELLS(layer, shape))
+        shape = spec.output_shape(layer, shape)
+    return nn.SequentialCell(cells)
+
+
 def build_cell(task: spec.Task) -> nn.SequentialCell:
-    return nn.SequentialCell([CELLS(layer, shape) for _, layer, shape in spec.layer_inputs(task)])
+    return _stack(task.layers, task.input_shape)
 
 
 def _weight_bias(layer: spec.Dense | spec.Conv2D, i: int, cell: nn.Cell) -> dict[str, tuple[Parameter, bool]]:
@@ -92,6 +156,20 @@ def _lstm_params(layer: spec.LSTM, i: int, cell: nn.Cell) -> dict[str, tuple[Par
             f"{i}.bias": (cell.lstm.b_ih_list[0], False)}  # b_hh: zero and frozen
 
 
+def _gru_params(layer: spec.GRU, i: int | str, cell: nn.Cell) -> dict[str, tuple[Parameter, bool]]:
+    # the CPU nn.GRU (rnn_cells._gru_cell, one step at a time) has the canonical layout:
+    # gates r, z, n, reset after the recurrent matmul, b_ih and b_hh both trained
+    gru = cell.gru
+    return {f"{i}.w_ih": (gru.w_ih_list[0], False), f"{i}.w_hh": (gru.w_hh_list[0], False),
+            f"{i}.b_ih": (gru.b_ih_list[0], False), f"{i}.b_hh": (gru.b_hh_list[0], False)}
+
+
+def _bidirectional_params(layer: spec.Bidirectional, i: int | str,
+                          cell: nn.Cell) -> dict[str, tuple[Parameter, bool]]:
+    return {name: v for d in ("fw", "bw") for j, inner in enumerate(layer.layers)
+            for name, v in PARAMS(inner, f"{i}.{d}.{j}", getattr(cell, d)[j]).items()}
+
+
 PARAMS = spec.LayerRules("mindspore adapter: parameters", {
     spec.Flatten: spec.no_params,
     spec.Dense: _weight_bias,
@@ -101,35 +179,51 @@ PARAMS = spec.LayerRules("mindspore adapter: parameters", {
     spec.Dropout: spec.no_params,
     spec.Embedding: lambda layer, i, cell: {f"{i}.table": (cell.embedding_table, False)},
     spec.LSTM: _lstm_params,
+    # weight [out, in, 1, k]: the canonical [out, in, k] reshaped (see MindSporeAdapter.build)
+    spec.Conv1D: lambda layer, i, cell: {f"{i}.kernel": (cell.conv.weight, False),
+                                         f"{i}.bias": (cell.conv.bias, False)},
+    spec.MaxPool1D: spec.no_params,
+    spec.GRU: _gru_params,
+    spec.Bidirectional: _bidirectional_params,
 })
 
 
 def canonical_to_mindspore(task: spec.Task, net: nn.SequentialCell) -> dict[str, tuple[Parameter, bool]]:
-    """canonical name -> (MindSpore Parameter, transpose?)"""
+    """canonical name -> (MindSpore Parameter, transpose?); the transposed canonical array is
+    reshaped to the parameter's shape (Conv1d's [out, in, 1, k]), and back on export."""
     return {name: v for i, layer in enumerate(task.layers) for name, v in PARAMS(layer, i, net[i]).items()}
 
 
 # ------------------------------------------------------------------------- optimizer
 
-_kb_adam = ops.MultitypeFuncGraph("kb_adam")
+_fused_adam = ops.MultitypeFuncGraph("fused_adam")
 
 
-@_kb_adam.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
-                   "Tensor", "Tensor", "Tensor", "Tensor")
-def _kb_adam_update(adam, b1_power, b2_power, lr, b1, b2, eps_hat, grad, param, m, v):
+@_fused_adam.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                      "Tensor", "Tensor", "Tensor", "Tensor")
+def _fused_adam_update(adam, b1_power, b2_power, lr, b1, b2, eps_hat, grad, param, m, v):
     return ops.depend(True, adam(param, m, v, b1_power, b2_power, lr, b1, b2, eps_hat, grad))
 
 
-class KingmaBaAdam(nn.Optimizer):
-    """Adam as in Kingma & Ba, Algorithm 1 (eps added after bias correction), dense.
+class AdamKernel(nn.Optimizer):
+    """The spec's Adam or RMSprop in MindSpore's fused ``ops.Adam`` kernel, one call per tensor.
 
-    The fused ``ops.Adam`` computes w -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v) + e). With
-    e = eps*sqrt(1-b2^t) that is exactly lr*(m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps), the
-    spec's update, so eps_hat is recomputed from t every step (Kingma & Ba, Sec. 2).
+    The kernel computes m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+    w -= lr*sqrt(1-b2p)/(1-b1p) * m/(sqrt(v) + e), with b1p, b2p the powers passed in.
+    - Adam (Kingma & Ba, eps after bias correction): b1p = b1^t, b2p = b2^t and
+      e = eps*sqrt(1-b2^t), recomputed every step: then the update is exactly
+      lr*(m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps) (Kingma & Ba, Sec. 2).
+    - RMSprop (eps outside the sqrt): b1 = 0 (so m = g), b2 = rho, b1p = b2p = 0 and e = eps:
+      w -= lr*g/(sqrt(s) + eps) with s = rho*s + (1-rho)*g^2, the spec's formula.
+    MindSpore's own optimizers differ: ``nn.Adam`` adds eps before the bias correction,
+    ``nn.RMSProp`` puts it inside the sqrt, and ``experimental.optim.RMSprop`` (the formula as
+    ~7 separate kernels per tensor) was 1.09x the hand-written ``nn.RMSProp`` loop on the MLP.
+    Dense: every row of an embedding table is updated (no lazy/sparse Adam).
     """
 
-    def __init__(self, params, lr: float, b1: float, b2: float, eps: float):
+    def __init__(self, params, lr: float, b1: float, b2: float, eps: float, bias_correction: bool):
         super().__init__(lr, params)
+        self.bias_correction = bias_correction
         self.b1 = Tensor(b1, ms.float32)
         self.b2 = Tensor(b2, ms.float32)
         self.eps = float(eps)
@@ -137,27 +231,32 @@ class KingmaBaAdam(nn.Optimizer):
         self.moment2 = self._parameters.clone(prefix="adam_v", init="zeros")
         self.b1_power = Parameter(Tensor(1.0, ms.float32), name="adam_b1_power", requires_grad=False)
         self.b2_power = Parameter(Tensor(1.0, ms.float32), name="adam_b2_power", requires_grad=False)
+        self.zero = Tensor(0.0, ms.float32)
         self.adam = ops.Adam()
 
     def construct(self, gradients):
-        b1_power = self.b1_power * self.b1  # b1^t
-        b2_power = self.b2_power * self.b2  # b2^t
-        ops.assign(self.b1_power, b1_power)
-        ops.assign(self.b2_power, b2_power)
-        eps_hat = self.eps * ops.sqrt(1.0 - b2_power)
+        if self.bias_correction:
+            b1_power = self.b1_power * self.b1  # b1^t
+            b2_power = self.b2_power * self.b2  # b2^t
+            ops.assign(self.b1_power, b1_power)
+            ops.assign(self.b2_power, b2_power)
+            eps_hat = self.eps * ops.sqrt(1.0 - b2_power)
+        else:
+            b1_power, b2_power = self.zero, self.zero
+            eps_hat = self.zero + self.eps
         lr = self.get_lr()
         return self.hyper_map(
-            ops.partial(_kb_adam, self.adam, b1_power, b2_power, lr, self.b1, self.b2, eps_hat),
+            ops.partial(_fused_adam, self.adam, b1_power, b2_power, lr, self.b1, self.b2, eps_hat),
             gradients, self._parameters, self.moment1, self.moment2)
 
 
 OPTIMIZERS = spec.OptimizerRules("mindspore adapter: optimizers", {
-    # v = m v + g; w -= lr v (dampening 0, no nesterov)
+    # v = m v + g; w -= lr v (dampening 0, no nesterov): the fused ops.SGD kernel
     spec.SGDMomentum: lambda opt, params: nn.SGD(params, learning_rate=opt.lr, momentum=opt.momentum),
-    # eps outside the sqrt (nn.RMSProp has it inside)
-    spec.RMSprop: lambda opt, params: ms_optim.RMSprop(params, lr=opt.lr, alpha=opt.rho, eps=opt.eps),
+    # eps outside the sqrt (nn.RMSProp has it inside), see AdamKernel
+    spec.RMSprop: lambda opt, params: AdamKernel(params, opt.lr, 0.0, opt.rho, opt.eps, bias_correction=False),
     # eps after bias correction (nn.Adam has it before)
-    spec.Adam: lambda opt, params: KingmaBaAdam(params, opt.lr, opt.b1, opt.b2, opt.eps),
+    spec.Adam: lambda opt, params: AdamKernel(params, opt.lr, opt.b1, opt.b2, opt.eps, bias_correction=True),
 })
 
 
@@ -252,7 +351,7 @@ def _avoid_reference_conv(task: spec.Task) -> None:
     models some speed (AVX2 instead of AVX-512 sgemm), so it is applied only with Conv2D.
     oneDNN reads the variable at its first primitive; a value set by the user wins.
     """
-    if any(isinstance(layer, spec.Conv2D) for layer in task.layers):
+    if any(isinstance(layer, (spec.Conv2D, spec.Conv1D)) for layer in task.layers):  # Conv1d is a Conv2D
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 
@@ -264,6 +363,8 @@ class _Multiply(nn.Cell):
 
 
 class MindSporeAdapter(Adapter):
+    layer_rules = (CELLS, PARAMS)
+
     def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
         super().__init__(task, threads, options)
         self.mode = str(self.options.get("mode", "graph")).lower()
@@ -277,15 +378,26 @@ class MindSporeAdapter(Adapter):
         self._training: bool | None = None
         if self.options.get("deterministic"):
             ms.set_deterministic(True)
+        if self.options.get("deterministic") or "seed" in self.options:
             ms.set_seed(int(self.options.get("seed", 0)))  # dropout masks
 
     def determinism(self) -> dict[str, Any]:
         on = bool(self.options.get("deterministic"))
-        return {"set_deterministic": on, "set_seed": self.options.get("seed") if on else None}
+        seeded = on or "seed" in self.options
+        return {"set_deterministic": on, "set_seed": self.options.get("seed", 0) if seeded else None}
 
     @classmethod
     def framework_version(cls) -> str:
         return ms.__version__
+
+    @classmethod
+    def device_unsupported(cls, platform: str) -> str | None:
+        # The adapter runs MindSpore on the CPU (``_configure``); GPU builds are not wired up.
+        if platform == "cpu":
+            return None
+        has_gpu = getattr(getattr(ms, "hal", None), "is_available", lambda _: False)("GPU")
+        return (f"mindspore {ms.__version__}: " + ("fwbench runs MindSpore on the CPU only"
+                                                   if has_gpu else "a build without GPU support"))
 
     def flush_denormals(self) -> str:
         # Measured on 2.10 (CPU): GRAPH_MODE kernels flush, PyNative ops do not, and there
@@ -311,10 +423,11 @@ class MindSporeAdapter(Adapter):
     def build(self, params: dict[str, np.ndarray]) -> None:
         self.net = build_cell(self.task)
         self.names = canonical_to_mindspore(self.task, self.net)
+        self.shapes = {name: params[name].shape for name in self.names}  # canonical, for export
         for name, (param, transpose) in self.names.items():
-            value = params[name].T if transpose else params[name]
+            value = (params[name].T if transpose else params[name]).reshape(param.shape)
             param.set_data(Tensor(np.ascontiguousarray(value, dtype=np.float32)))
-        for cell in self.net.cells():
+        for _, cell in self.net.cells_and_names():  # nested ones too (a Bidirectional's)
             if isinstance(cell, LastHidden):
                 b_hh = cell.lstm.b_hh_list[0]
                 b_hh.set_data(Tensor(np.zeros(b_hh.shape, np.float32)))
@@ -360,5 +473,6 @@ class MindSporeAdapter(Adapter):
         out = {}
         for name, (_, transpose) in self.names.items():
             v = tensors[name].asnumpy()
+            v = v.reshape(self.shapes[name][::-1]) if transpose else v.reshape(self.shapes[name])
             out[name] = np.array(v.T if transpose else v, dtype=np.float32, order="C", copy=True)
         return out

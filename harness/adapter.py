@@ -18,7 +18,7 @@ import dataclasses
 import importlib
 import importlib.metadata as md
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -35,10 +35,20 @@ class Adapter(abc.ABC):
     the canonical layout of ``spec``.
     """
 
+    # The adapter's layer tables: what it can build. ``unsupported`` reads them before training.
+    layer_rules: ClassVar[tuple[spec.LayerRules[Any], ...]] = ()
+
     def __init__(self, task: spec.Task, threads: int, options: dict[str, Any] | None = None):
         self.task = task
         self.threads = threads
         self.options = dict(options or {})
+
+    @classmethod
+    def unsupported(cls, task: spec.Task) -> list[spec.Layer]:
+        """The layers of ``task`` this adapter cannot run ([] if it can run the task); asked by
+        the worker before building anything, so a missing layer is ``unsupported``, never a
+        mid-run ``failed``. Default: from ``layer_rules`` (see ``spec.unsupported_layers``)."""
+        return spec.unsupported_layers(task, *cls.layer_rules)
 
     @abc.abstractmethod
     def build(self, params: dict[str, np.ndarray]) -> None:
@@ -90,6 +100,44 @@ class Adapter(abc.ABC):
         --deterministic``) asks the adapter to set its framework's switches and seed its
         random streams from ``options["seed"]``; an adapter reports what it set here."""
         return {}
+
+    # ---------------------------------------------------------------- devices (device.py)
+    # ``options["device"]`` is "cuda" for a GPU cell (absent on the CPU: CPU cells run exactly
+    # as before). The worker has already set ``device.worker_env`` before the import: the
+    # cell's GPU is the framework's device 0, TF32 is off in cuBLAS/cuDNN, no preallocation.
+
+    @property
+    def gpu(self) -> bool:
+        """Whether this cell computes on the GPU (``fwbench run --device cuda[:N]``)."""
+        return self.options.get("device", "cpu") != "cpu"
+
+    @classmethod
+    def device_unsupported(cls, platform: str) -> str | None:
+        """None if the installed build can compute on ``platform`` ("cpu" or "cuda"), else
+        one line why (the cells are then ``unsupported``). Asked after the import, before
+        anything is built. Default: the CPU only."""
+        return None if platform == "cpu" else "this adapter has no GPU support"
+
+    def device_settings(self) -> dict[str, Any]:
+        """GPU cells, right after construction: make float32 math exact float32 (TF32 off
+        in matmuls and convolutions, the highest matmul precision) and report each switch
+        as set. Not called on the CPU."""
+        return {}
+
+    def device_versions(self) -> dict[str, Any]:
+        """GPU cells: the CUDA and cuDNN versions the framework uses, ``{"cuda", "cudnn"}``."""
+        return {}
+
+    def memory_peak(self) -> dict[str, Any]:
+        """GPU cells, after training: the allocator's own peak (``records.AllocatorMemory``
+        fields: source, counts, peak_mib, reserved_peak_mib); {} where it reports none."""
+        return {}
+
+    def gemm(self, n: int) -> Callable[[int], None] | None:
+        """GPU cells: ``run(k)`` computing k float32 n x n matrix products on the device with
+        the cell's precision, returning once they are done (the worker times it: the
+        framework's own GEMM peak on this GPU). None: not measured."""
+        return None
 
     @classmethod
     def framework_version(cls) -> str:

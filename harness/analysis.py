@@ -27,6 +27,7 @@ gates on.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import importlib.util
 import math
@@ -314,6 +315,9 @@ class BackendResult:
     first_step_s: float | None = None
     start_s: float | None = None  # import + setup + first step
     peak_mib: float | None = None
+    energy_per_sample: float | None = None  # J per training sample, idle subtracted (median)
+    gpu_mib: float | None = None  # GPU cells: the framework allocator's peak (median)
+    gpu_util: float | None = None  # GPU cells: mean GPU utilisation during training, % (median)
     gflops: float | None = None
     pct_peak: float | None = None  # of the calibrated GEMM peak
     cpu_wall: float | None = None
@@ -414,6 +418,9 @@ class Analysis:
     versions: dict[str, str]  # backend -> framework version(s) the records report
     family: int = 0  # pairs in the report's one Holm family (those that can reach a verdict)
     drift_ms: list[float] = field(default_factory=list)  # the run's drift probes, one per round
+    hardware: Hardware | None = None  # which hardware the cells ran on, and how it is reported
+    # one per (task, backend) whose adapter cannot run a layer of the task: not in ``failed``
+    unsupported: list[FailedCell] = field(default_factory=list)
 
     @property
     def meta(self) -> RunMeta:
@@ -468,6 +475,9 @@ def backend_result(task: str, backend: str, rs: list[CellRecord], summary: StepS
     b.start_s = _median(r.import_s + r.setup_s + r.first_step_s for r in ok
                         if not any(missing(v) for v in (r.import_s, r.setup_s, r.first_step_s)))
     b.peak_mib = _median(r.peak_rss_mib for r in (main or ok))
+    b.energy_per_sample = _median(r.energy_j_per_sample for r in ok)
+    b.gpu_mib = _median(r.allocator_memory.peak_mib for r in (main or ok) if r.allocator_memory)
+    b.gpu_util = _median(r.gpu_utilization.gpu_pct_mean for r in ok if r.gpu_utilization)
     b.gflops = _median(r.achieved_gflops for r in ok)
     b.pct_peak = _median(r.pct_of_gemm_peak for r in ok)
     b.cpu_wall = _median(r.cpu_wall_ratio for r in ok)
@@ -630,6 +640,90 @@ def picks(tasks: list[TaskResult], adapters: dict[str, AdapterSize]) -> list[Pic
     return out
 
 
+# ------------------------------------------------------------------ matched hardware
+# Every record carries the hardware fingerprint of the node it ran on (``records.Hardware``).
+# Cells measured on different fingerprints are never ranked together: a task whose cells ran
+# on more than one is reported once per fingerprint, as ``mlp [hw 1a2b3c4d]``, unless
+# ``mixed_hardware`` asks to rank them together (then every such cell is labelled). Records
+# without a fingerprint (an older fwbench) form one group of their own, "unknown".
+
+
+@dataclass
+class Hardware:
+    """The fingerprints a run's cells were measured on, and what the report does with them."""
+
+    fingerprints: dict[str, records.Hardware]  # id -> fingerprint, every known one
+    nodes: list[str]  # the nodes the cells ran on ("local", Ray node ids)
+    unknown: int  # records without a fingerprint
+    split: list[str]  # tasks reported once per fingerprint
+    mixed: dict[tuple[str, str], dict[str, int]]  # --mixed-hardware: (task, backend) ->
+    # processes per fingerprint id, where a task's cells ran on more than one
+
+    @property
+    def groups(self) -> int:
+        return len(self.fingerprints) + (1 if self.unknown else 0)
+
+
+def hardware_id(r: CellRecord) -> str | None:
+    return r.hardware.id if r.hardware is not None else None
+
+
+def hardware_label(task: str, hw: str | None) -> str:
+    """The name of a task's cells on one fingerprint: 'mlp [hw 1a2b3c4d]'."""
+    return f"{task} [hw {hw[:8] if hw else 'unknown'}]"
+
+
+def hardware_ids(run: Run) -> dict[tuple[str, str], list[str]]:
+    """(task, backend) -> the known fingerprint ids of its records, sorted."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for r in run.records:
+        if r.hardware is not None:
+            out.setdefault((r.task, r.backend), set()).add(r.hardware.id)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def different_hardware(a: list[str] | None, b: list[str] | None) -> bool:
+    """Whether two sets of processes ran on different hardware: both sides known and not
+    one and the same fingerprint (an unknown side, an older run, is taken on trust)."""
+    return bool(a) and bool(b) and (set(a) != set(b) or len(set(a)) > 1)
+
+
+def by_hardware(run: Run, mixed: bool = False) -> tuple[Run, Hardware]:
+    """The run as the report ranks it: a task whose cells ran on more than one fingerprint
+    becomes one task per fingerprint (its snapshot shared), unless ``mixed``."""
+    prints = {r.hardware.id: r.hardware for r in run.records if r.hardware is not None}
+    nodes = sorted({r.node for r in run.records if r.node})
+    unknown = sum(r.hardware is None for r in run.records)
+    per_task: dict[str, list[str | None]] = {}
+    for r in run.records:
+        ids = per_task.setdefault(r.task, [])
+        if hardware_id(r) not in ids:
+            ids.append(hardware_id(r))
+    several = [t for t, ids in per_task.items() if len(ids) > 1]
+    if mixed or not several:
+        counts: dict[tuple[str, str], dict[str, int]] = {}
+        for r in run.records:
+            if r.task in several and r.ok:
+                c = counts.setdefault((r.task, r.backend), {})
+                c[hardware_id(r) or "unknown"] = c.get(hardware_id(r) or "unknown", 0) + 1
+        return run, Hardware(prints, nodes, unknown, [], counts)
+    recs = [dataclasses.replace(r, task=hardware_label(r.task, hardware_id(r)))
+            if r.task in several else r for r in run.records]
+    tasks = dict(run.meta.tasks)
+    order: list[str] = []
+    for t in dict.fromkeys([*(run.meta.config.get("tasks") or []), *per_task]):
+        if t in several:
+            for hw in per_task[t]:
+                label = hardware_label(t, hw)
+                if t in run.meta.tasks:
+                    tasks[label] = run.meta.tasks[t]
+                order.append(label)
+        else:
+            order.append(t)
+    meta = dataclasses.replace(run.meta, tasks=tasks, config={**run.meta.config, "tasks": order})
+    return Run(run.path, meta, recs), Hardware(prints, nodes, unknown, several, {})
+
+
 # ------------------------------------------------------------------ the whole run
 
 
@@ -651,9 +745,11 @@ def framework_versions(run: Run, order: list[str]) -> dict[str, str]:
     return out
 
 
-def analyze(source: str | Path | Run) -> Analysis:
-    """Everything the reports show, computed once from the run folder (or a loaded ``Run``)."""
+def analyze(source: str | Path | Run, mixed_hardware: bool = False) -> Analysis:
+    """Everything the reports show, computed once from the run folder (or a loaded ``Run``);
+    cells of different hardware are ranked apart unless ``mixed_hardware`` (``by_hardware``)."""
     run = source if isinstance(source, Run) else records.load_run(source)
+    run, hardware = by_hardware(run, mixed_hardware)
     found = summaries(run)
     all_pairs = pairs(found.values())  # one Holm family: every pair of every task
     task_order = list(run.meta.config.get("tasks") or [])
@@ -676,12 +772,16 @@ def analyze(source: str | Path | Run) -> Analysis:
                                     _rank(rows), [p for p in all_pairs if p.task == name],
                                     reference))
     failed = [FailedCell(r.task, r.backend, r.seed, r.repeat, r.status, one_line(r.error))
-              for r in run.records if not r.ok]
+              for r in run.records if not r.ok and r.status != "unsupported"]
+    unsupported = list({(r.task, r.backend): FailedCell(r.task, r.backend, r.seed, r.repeat, r.status,
+                                                        one_line(r.error))
+                        for r in reversed(run.records) if r.status == "unsupported"}.values())[::-1]
     adapters = adapter_sizes(order, run.meta)
     family = max((p.family for p in all_pairs if p.tested), default=0)
     return Analysis(run.path.resolve().name, run, tasks, failed, adapters, picks(tasks, adapters),
                     order, framework_versions(run, order), family,
-                    _finite(p.median_ms for p in run.meta.drift_probes))
+                    _finite(p.median_ms for p in run.meta.drift_probes), hardware,
+                    unsupported=unsupported)
 
 
 def as_analysis(source: str | Path | Run | Analysis) -> Analysis:

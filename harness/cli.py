@@ -29,11 +29,76 @@ _ENVS_HELP = ("current (default): every worker in this interpreter | isolated: e
               "always runs in its own env.")
 _ENVS_DIR_HELP = "Where the per-backend envs live (default: FWBENCH_ENVS_DIR, else the user cache)."
 _CREATE_ENVS_HELP = "Create the missing envs first (default: refuse, naming the command that creates them)."
+_DEVICE_HELP = ("cpu (default) | cuda | cuda:N: one GPU per cell (CUDA_VISIBLE_DEVICES), float32 "
+                "with TF32 off, no preallocation; a backend whose build has no CUDA is "
+                "unsupported, the others run.")
+
+
+def _device(value: Optional[str]):
+    """--device, parsed and, for a GPU, checked here (one line, exit 2, where this machine
+    has no usable GPU of that index); a warning line where NVML cannot be read."""
+    from . import device
+
+    dev = device.parse(value)
+    warning = device.require_gpu(dev)
+    if warning:
+        print(f"fwbench: warning: {warning}", file=sys.stderr)
+    return dev
+
+
+def _device_preflight(dev, names, known: dict[str, Backend], pythons: dict[str, str]) -> dict[str, str]:
+    """A GPU run, before anything runs: each backend's installed build asked (in a worker
+    process, after its import) whether it can compute on ``dev``; one line per backend that
+    cannot (its cells are then recorded ``unsupported``). Returns backend -> reason."""
+    import tempfile
+
+    from . import records, runner
+
+    found: dict[str, str] = {}
+    cpus = environment.available_cpus()[:1]
+    with tempfile.TemporaryDirectory(prefix="fwbench-device-") as tmp:
+        for name in dict.fromkeys(n.split("#")[0] for n in names):
+            request = records.DeviceRequest(1, cpus, runner.backend_spec(known[name]), dev.name)
+            outcome = runner.run_worker(request, Path(tmp) / f"{name}.log", 300, lambda e: None,
+                                        python=pythons.get(name))
+            why = (outcome.result.get("unsupported") if outcome.status == "ok"
+                   else f"its import failed ({outcome.status}: {outcome.error})")
+            if why:
+                found[name] = why
+                err.print(f"fwbench: {name}: --device {dev}: {why}; its cells are recorded "
+                          "unsupported, the other backends run", style="yellow", highlight=False,
+                          markup=False, soft_wrap=True)
+    return found
 
 
 def _discover() -> dict[str, Backend]:
     """The registered backends; a broken or clashing plugin is a warning line, not a failure."""
     return discover(warn=lambda m: print(f"fwbench: warning: {m}", file=sys.stderr))
+
+
+_WARNED: set[str] = set()
+
+
+def _task_names(value: Optional[str]) -> list[str]:
+    """--tasks as task names ([] if not given): built-in and plugin tasks (harness/tasks.py).
+    A broken or clashing task plugin is a warning line, printed once; a task named here that
+    cannot run is the one-line error instead (saying why)."""
+    from . import tasks
+
+    for item in (value or "").split(","):
+        if item.strip():
+            tasks.get(item.strip())  # unknown, or a plugin's task that was skipped: why
+    for message in tasks.registry().warnings:
+        if message not in _WARNED:
+            _WARNED.add(message)
+            print(f"fwbench: warning: {message}", file=sys.stderr)
+    return _csv(value, tasks.names(), "tasks")
+
+
+def _all_task_names() -> list[str]:
+    from . import tasks
+
+    return tasks.names()
 
 
 def _csv(value: Optional[str], allowed: list[str], what: str) -> list[str]:
@@ -118,15 +183,29 @@ def _select_backends(value: Optional[str], isolated: bool = False, root: Optiona
 
 @app.command("list")
 def list_cmd() -> None:
-    """Tasks, profiles and backends (with installed versions)."""
-    t = Table(title="tasks")
-    for c in ("task", "description", "params", "optimizer", "batch", "epochs (full)", "target"):
-        t.add_column(c, no_wrap=c in ("task", "params"), overflow="fold")
-    for task in spec.TASKS.values():
-        t.add_row(task.name, task.description, f"{spec.param_count(task):,}",
+    """Tasks, profiles and backends (with installed versions and where each comes from)."""
+    from . import tasks
+
+    _task_names(None)  # the plugins' warnings
+    from rich import box
+
+    t = Table(title="tasks", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for c in ("task", "data", "params", "optimizer", "batch", "epochs (full)", "target", "source"):
+        t.add_column(c, no_wrap=c != "source", overflow="fold",
+                     justify="left" if c in ("task", "data", "optimizer", "source") else "right")
+    found = tasks.all_tasks()
+    for task in found.values():
+        t.add_row(task.name, task.dataset, f"{spec.param_count(task):,}",
                   type(task.optimizer).__name__, str(task.batch_size), str(task.epochs_full),
-                  f"{task.target_accuracy:g}")
+                  f"{task.target_accuracy:g}", tasks.source(task.name))
     console.print(t)
+    described = Table.grid(padding=(0, 2), pad_edge=True)  # wraps under its own column
+    described.add_column(no_wrap=True)
+    described.add_column()
+    for task in found.values():
+        described.add_row(task.name, task.description)
+    console.print(described, highlight=False)
+    console.print()
     p = Table(title="profiles")
     p.add_column("profile")
     p.add_column("description")
@@ -144,8 +223,10 @@ def list_cmd() -> None:
 
 @app.command("env")
 def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """The machine and software fwbench sees."""
-    info = environment.capture()
+    """The machine and software fwbench sees, and its hardware fingerprint."""
+    from . import records
+
+    info = {**environment.capture(), "hardware": records.to_json(environment.hardware_fingerprint())}
     if as_json:
         console.print_json(json.dumps(info))
         return
@@ -179,22 +260,25 @@ def run_cmd(
     envs_mode: Optional[str] = typer.Option(None, "--envs", help=_ENVS_HELP),
     envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
     create_envs: bool = typer.Option(False, "--create-envs", help=_CREATE_ENVS_HELP),
+    executor: Optional[str] = typer.Option(None, "--executor", help="local (default): the cells one after another on this machine | ray: on the nodes of a Ray cluster, one cell per node at a time (pip install -e \".[ray]\"; docs/cluster.md)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --executor ray: the cluster (default auto: the one this machine belongs to), e.g. 10.0.0.1:6379."),
+    ray_data: Optional[str] = typer.Option(None, "--ray-data", help="With --executor ray: object-store (default: the prepared data travel through Ray's object store) | shared (the nodes read them at the same path: FWBENCH_CACHE_DIR on shared storage); checksums verified on each node."),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
     import psutil
 
-    from . import runner
+    from . import executors, runner
 
     # Every option is validated before anything looks for backends, so a bad value gets
     # its own message even where no framework is installed.
     if profile is not None and profile not in spec.PROFILES:
         raise FwbenchError(f"unknown profile {profile!r}; choose from {', '.join(spec.PROFILES)}")
-    task_names = _csv(tasks, list(spec.TASKS), "tasks") or None
+    task_names = _task_names(tasks) or None
     if seeds is not None and seeds < 1:
         raise FwbenchError(f"--seeds must be at least 1 (got {seeds})")
-    cpus = environment.available_cpus()
-    if threads is not None and not 1 <= threads <= len(cpus):
-        raise FwbenchError(f"--threads must be between 1 and {len(cpus)}, the cores available (got {threads})")
+    if threads is not None and threads < 1:
+        raise FwbenchError(f"--threads must be at least 1 (got {threads})")
     if repeats is not None and repeats < 0:
         raise FwbenchError(f"--repeats must be at least 0 (got {repeats})")
     if until_ci is not None and not 0 < until_ci < 100:
@@ -203,10 +287,8 @@ def run_cmd(
         raise FwbenchError(f"--max-processes must be at least 1 (got {max_processes})")
     if timeout is not None and timeout <= 0:
         raise FwbenchError("--timeout must be positive")
-    total_gib = psutil.virtual_memory().total / 2**30
-    if memory_limit is not None and not 0 < memory_limit <= total_gib:
-        raise FwbenchError(f"--memory-limit must be between 0 and {total_gib:.1f} GiB, this machine's "
-                           f"memory (got {memory_limit:g})")
+    if memory_limit is not None and memory_limit <= 0:
+        raise FwbenchError(f"--memory-limit must be positive (got {memory_limit:g})")
     if denormals is not None and denormals not in ("flush", "framework-default"):
         raise FwbenchError(f"--denormals must be flush or framework-default (got {denormals!r})")
     _check_envs_mode(envs_mode)
@@ -214,6 +296,28 @@ def run_cmd(
         raise FwbenchError("--force-resume goes with --resume RUN_DIR")
     if resume is not None and out is not None:
         raise FwbenchError("--resume continues RUN_DIR in place; drop --out")
+    where = executor or _saved_executor(resume) or "local"
+    if where not in executors.EXECUTORS:
+        raise FwbenchError(f"unknown --executor {where!r}; choose from {', '.join(executors.EXECUTORS)}")
+    if where != "ray" and (ray_address is not None or ray_data is not None):
+        raise FwbenchError("--ray-address and --ray-data go with --executor ray")
+    if ray_data is not None and ray_data not in ("object-store", "shared"):
+        raise FwbenchError(f"--ray-data must be object-store or shared (got {ray_data!r})")
+    dev = _device(device) if device is not None else None
+
+    # Where the cells run decides the cores and memory a cell may have: the smallest node's.
+    machine = executors.make(where, ray_address, ray_data == "shared")
+    nodes = machine.nodes()
+    cores = min(len(n.cpus) for n in nodes)
+    what = "the cores available" if where == "local" else "the cores of the smallest node"
+    if threads is not None and threads > cores:
+        raise FwbenchError(f"--threads must be between 1 and {cores}, {what} (got {threads})")
+    total_gib = (psutil.virtual_memory().total / 2**30 if where == "local"
+                 else min(n.memory_gib for n in nodes))
+    if memory_limit is not None and memory_limit > total_gib:
+        mem = "this machine's memory" if where == "local" else "the smallest node's memory"
+        raise FwbenchError(f"--memory-limit must be between 0 and {total_gib:.1f} GiB, {mem} "
+                           f"(got {memory_limit:g})")
 
     # The options given, as the configuration stores them (compared on --resume).
     normalised = {
@@ -231,6 +335,8 @@ def run_cmd(
         "allow_busy": allow_busy,
         "denormals": denormals,
         "envs": envs_mode,
+        "executor": executor,
+        "device": dev.name if dev is not None else None,
     }
     given = {k: v for k, v in normalised.items() if v is not None}
 
@@ -257,8 +363,8 @@ def run_cmd(
                                                 envs_mod.envs_dir(envs_dir), allow_versions=True)
         prof = spec.PROFILE_INFO[profile or "quick"]
         config = runner.RunConfig(**{  # the defaults, then what was given
-            "tasks": tuple(spec.TASKS), "profile": prof.name,
-            "seeds": tuple(range(prof.default_seeds)), "threads": len(cpus), "timeout_s": 3600.0,
+            "tasks": tuple(_all_task_names()), "profile": prof.name,
+            "seeds": tuple(range(prof.default_seeds)), "threads": cores, "timeout_s": 3600.0,
             "data_dir": os.environ.get("FWBENCH_DATA_DIR"), "repeats": prof.default_repeats,
             "memory_limit_gib": round(0.75 * total_gib, 2), **given,
             "backends": tuple(backend_names)})
@@ -274,6 +380,18 @@ def run_cmd(
         probe.unlink()
     except OSError as exc:
         raise FwbenchError(f"cannot write to {run_dir}: {exc.strerror or exc}") from None
+    small = [n for n in nodes if len(n.cpus) < config.threads]
+    if small:
+        raise FwbenchError(f"the run has {config.threads} thread(s) per cell but node "
+                           f"{small[0].node} has {len(small[0].cpus)} core(s) available")
+
+    from . import device as devices
+
+    if devices.parse(config.device).gpu:  # one line per backend whose build has no CUDA
+        if dev is None:  # --resume of a GPU run: this machine's GPU checked now
+            _device(config.device)
+        _device_preflight(devices.parse(config.device), config.backends, known,
+                          {n: runner.env_python(e) for n, e in env_map.items()})
 
     from filelock import FileLock, Timeout
 
@@ -283,19 +401,46 @@ def run_cmd(
     except Timeout:
         raise FwbenchError(f"another fwbench run is writing to {run_dir}") from None
     try:
-        _run_with_progress(config, run_dir, known, force_resume, env_map)
+        _run_with_progress(config, run_dir, known, force_resume, env_map, machine)
     finally:
         lock.release()
+        machine.close()
+
+
+def _saved_executor(run_dir: Optional[Path]) -> Optional[str]:
+    """The executor a run folder was started with (for --resume), if it says."""
+    from . import records
+
+    if run_dir is None or not (run_dir / records.RUN_JSON).is_file():
+        return None
+    return records.load_meta(run_dir).config.get("executor")
+
+
+def _node_table(nodes: list) -> Table:
+    """The nodes of a Ray run: id, host, cores, memory and hardware fingerprint."""
+    from rich import box
+
+    t = Table(title="nodes (one cell per node at a time)", box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)
+    for c in ("node", "host", "cores", "GiB", "hardware", "cpu"):
+        t.add_column(c, no_wrap=c in ("node", "hardware"), overflow="fold")
+    for n in nodes:
+        t.add_row(n.node[:12], n.host, ",".join(map(str, n.cpus)), f"{n.memory_gib:.1f}",
+                  n.hardware.id, n.hardware.cpu_model)
+    return t
 
 
 def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_resume: bool,
-                       env_map: Optional[dict] = None) -> None:
+                       env_map: Optional[dict] = None, machine=None) -> None:
     from . import report, runner
 
     console.print(f"[bold]fwbench run[/] → {run_dir}  (profile {config.profile}, "
                   f"{len(config.tasks)} task(s) x {len(config.backends)} backend(s) x "
-                  f"{len(config.seeds)} seed(s), {config.threads} thread(s))")
+                  f"{len(config.seeds)} seed(s), {config.threads} thread(s)"
+                  + (f", on {config.device}" if config.device != "cpu" else "") + ")")
     _print_envs(env_map or {})
+    if machine is not None and machine.name != "local":
+        console.print(_node_table(machine.nodes()))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
                         transient=False)
@@ -326,7 +471,7 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_r
         with progress:
             runner.run(config, run_dir, known, on_event=on_event,
                        on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume,
-                       envs=env_map)
+                       envs=env_map, executor=machine)
     except KeyboardInterrupt:
         print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}",
               file=sys.stderr)
@@ -339,11 +484,15 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_r
     console.print(terminal.summary_table(a, f"summary ({run_dir})"))
     console.print(terminal.SUMMARY_NOTE, style="dim", highlight=False)
     pairs = verdict.significance_lines(a)
-    for line in verdict.flag_lines(a) + ([verdict.pairs_head(a)] + pairs if pairs else []):
+    for line in (verdict.hardware_warnings(a) + verdict.flag_lines(a)
+                 + ([verdict.pairs_head(a)] + pairs if pairs else [])):
         console.print(line, highlight=False, markup=False)
     for f in a.failed:
         err.print(f"[red]{escape(f'{f.task}/{f.backend}/seed {f.seed}: {f.status}')}[/]: "
                   f"{escape(f.error or 'no error message')}", highlight=False)
+    for f in a.unsupported:  # the adapter said so before training: not a failure
+        err.print(f"[yellow]{escape(f'{f.task}/{f.backend}: unsupported')}[/]: "
+                  f"{escape(f.error or '')}", highlight=False)
     console.print(f"records: {run_dir / runner.RESULTS}; report: fwbench report {run_dir}",
                   highlight=False)
     if a.failed:
@@ -355,13 +504,14 @@ def report_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder (holds results.jsonl)."),
     format: str = typer.Option("md,html", "--format", help="Comma-separated: md, html."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN_DIR)."),
+    mixed_hardware: bool = typer.Option(False, "--mixed-hardware", help="Rank cells measured on different hardware fingerprints together, labelled (default: each fingerprint apart)."),
 ) -> None:
     """Markdown and self-contained HTML reports of a run (read from its records only)."""
     from . import analysis, report
 
     formats = _csv(format, ["md", "html"], "formats")
     folder = out or run_dir
-    a = analysis.analyze(run_dir)  # once, for both pages
+    a = analysis.analyze(run_dir, mixed_hardware)  # once, for both pages
     text = report.markdown_report(a)
     pages = {"md": lambda: text}
     if "html" in formats:
@@ -388,6 +538,7 @@ def compare_cmd(
     run_a: Path = typer.Argument(..., help="The baseline run folder."),
     run_b: Path = typer.Argument(..., help="The run folder to compare with it."),
     fail_on_regression: Optional[float] = typer.Option(None, help="Exit 1 when a significant step-time regression exceeds this percentage."),
+    mixed_hardware: bool = typer.Option(False, "--mixed-hardware", help="Also compare cells measured on different hardware fingerprints, labelled (default: they are not compared)."),
 ) -> None:
     """Per (task, backend): change in step time, throughput, memory and accuracy, with significance."""
     from rich.markup import escape
@@ -398,7 +549,12 @@ def compare_cmd(
         raise FwbenchError("--fail-on-regression must be a percentage >= 0")
     a, b = records.load_run(run_a), records.load_run(run_b)
     threshold = fail_on_regression if fail_on_regression is not None else 0.0
-    result = compare.compare(a, b, threshold)
+    result = compare.compare(a, b, threshold, mixed_hardware)
+    for m in result.hardware:
+        err.print(escape(f"mixed hardware, compared as asked: {m.text()}" if result.mixed_hardware
+                         else f"not compared, measured on different hardware: {m.text()} "
+                              "(--mixed-hardware compares it, labelled)"),
+                  style="yellow", highlight=False)
     for diff in compare.environment_differences(a, b):
         err.print(f"[yellow]warning: environments differ: {escape(diff)}[/]", highlight=False)
     for diff in compare.definition_differences(a, b):
@@ -455,18 +611,23 @@ def overhead_cmd(
                                             "imdb/ files (or FWBENCH_DATA_DIR)."),
     out: Optional[Path] = typer.Option(None, help="With --against: write every process's step "
                                        "times and the table as JSON here."),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
 ) -> None:
     """The harness's own cost: its training loop vs a bare loop on the same batches (target <= 1.02);
     with --against idiomatic: each adapter vs a hand-written loop of its framework."""
     import tempfile
 
     from . import data, records, runner
+    from . import tasks as tasks_mod
 
-    task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
+    task_names = _task_names(tasks) or _all_task_names()
     if against is not None and against != "idiomatic":
         raise FwbenchError(f"--against {against!r}: the only reference is 'idiomatic'")
     if against is None and (rounds, profile, out, data_dir) != (None, None, None, None):
         raise FwbenchError("--rounds, --profile, --data-dir and --out need --against idiomatic")
+    if against is not None and device not in (None, "cpu"):
+        raise FwbenchError("--against idiomatic runs on the CPU only; drop --device")
+    dev = _device(device)
     names, known = _select_backends(backends)
     cpus = environment.available_cpus()
     n_threads = threads or len(cpus)
@@ -482,27 +643,35 @@ def overhead_cmd(
     steps = 50 if steps is None else steps
     if not 1 <= n_threads <= len(cpus) or steps < 2 or blocks < 1:
         raise FwbenchError(f"need 1 <= --threads <= {len(cpus)}, --steps >= 2, --blocks >= 1")
-    t = Table(title=f"harness loop / bare loop, median of {blocks} blocks of {steps} steps")
+    t = Table(title=f"harness loop / bare loop, median of {blocks} blocks of {steps} steps"
+                    + (f", on {dev}" if dev.gpu else ""))
+    notes: list[str] = []
     t.add_column("task")
     for n in names:
         t.add_column(n, justify="right")
     with tempfile.TemporaryDirectory() as tmp, console.status("measuring") as status:
         for task in task_names:
-            path = data.prepare(spec.TASKS[task].dataset, "smoke")
+            path = data.prepare(tasks_mod.get(task).dataset, "smoke")
             cells = []
             for name in names:
                 status.update(f"{task} / {name}")
                 request = records.OverheadRequest(
                     n_threads, cpus[:n_threads], runner.backend_spec(known[name]),
-                    task=records.task_to_json(spec.TASKS[task]), data_path=str(path),
-                    steps=steps, blocks=blocks)
+                    task=records.task_to_json(tasks_mod.get(task)), data_path=str(path),
+                    steps=steps, blocks=blocks, device=dev.name)
                 r = runner.run_worker(request, Path(tmp) / "log", 1800, lambda e: None)
+                if r.status == "unsupported":
+                    cells.append("[yellow]unsupported[/]")
+                    notes.append(f"{task}/{name}: {r.error}")
+                    continue
                 if r.status != "ok":
                     cells.append(f"[red]{r.status}[/]")
                     continue
                 cells.append(f"{r.result['ratio']:.3f} ({r.result['ratio_pregathered']:.3f})")
             t.add_row(task, *cells)
     console.print(t)
+    for line in notes:
+        console.print(line, style="yellow", highlight=False, markup=False)
     console.print("ratio = wall time of the harness loop (per-step timer, loss check, progress) / "
                   "a bare loop that gathers each batch the same way: the harness's own overhead, "
                   "target <= 1.02. In brackets: against a bare loop over batches gathered "
@@ -519,12 +688,14 @@ def check_cmd(
     envs_mode: Optional[str] = typer.Option(None, "--envs", help=_ENVS_HELP),
     envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=_ENVS_DIR_HELP),
     create_envs: bool = typer.Option(False, "--create-envs", help=_CREATE_ENVS_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help=_DEVICE_HELP),
 ) -> None:
     """Parity proof: every backend computes the same logits, loss, gradients and 3 steps."""
     from . import envs, parity, runner
 
-    task_names = _csv(tasks, list(spec.TASKS), "tasks") or list(spec.TASKS)
+    task_names = _task_names(tasks) or _all_task_names()
     _check_envs_mode(envs_mode)
+    dev = _device(device)
     isolated = envs_mode == "isolated"
     root = envs.envs_dir(envs_dir)
     known = _discover()
@@ -548,10 +719,12 @@ def check_cmd(
     pythons = {n: runner.env_python(e) for n, e in env_map.items()}
     with console.status("probing") as status:
         rows = parity.check(known, names, task_names, seed=seed, threads=threads,
-                            on_status=lambda s: status.update(s), pythons=pythons)
+                            on_status=lambda s: status.update(s), pythons=pythons,
+                            device=dev.name)
     from rich import box
 
-    t = Table(title=f"fwbench check (seed {seed}): max differences", box=box.SIMPLE_HEAD,
+    t = Table(title=f"fwbench check (seed {seed}{', ' + dev.name if dev.gpu else ''}): max differences",
+              box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
     for c, j in (("task", "left"), ("backend", "left"), ("init", "right"), ("logits", "right"),
                  ("loss", "right"), ("grad", "right"), ("3 steps", "right"), ("result", "left")):
@@ -562,11 +735,15 @@ def check_cmd(
         if v is None:
             return "ref"
         return "0" if v == 0 else f"{v:.1e}".replace("e-0", "e-").replace("e+0", "e+")
-    problems = []
+    problems, unsupported = [], []
     for r in rows:
         if r.error:
             t.add_row(r.task, r.backend, "", "", "", "", "", "[red]error[/]")
             problems.append(f"{r.task}/{r.backend}: {r.error}")
+            continue
+        if r.unsupported:
+            t.add_row(r.task, r.backend, "", "", "", "", "", "[yellow]unsupported[/]")
+            unsupported.append(f"{r.task}/{r.backend}: {r.unsupported}")
             continue
         if not r.ok:
             problems.append(f"{r.task}/{r.backend}: " + "; ".join(r.breaches))
@@ -575,14 +752,17 @@ def check_cmd(
     console.print(t)
     for line in problems:
         console.print(f"[red]{line}[/]", highlight=False)
+    for line in unsupported:  # declared by the adapter before building: not a failure
+        console.print(line, style="yellow", highlight=False, markup=False)
     console.print("columns: init = canonical round trip (exact); logits = max abs difference, "
-                  "loss = relative difference, against the NumPy reference; grad and 3 steps = "
-                  "max difference relative to the tensor's largest magnitude, against "
-                  f"{parity.REFERENCE_BACKEND} (ref). ", style="dim")
+                  "loss = relative difference, against the NumPy reference; grad = max "
+                  "difference relative to the tensor's largest magnitude, 3 steps = L2 distance "
+                  "of the 3-step parameter move relative to its L2 norm, per tensor, against "
+                  f"{parity.REFERENCE_BACKEND} (ref); probe images jittered by <= "
+                  f"{parity.JITTER:g} (no max-pool ties).", style="dim")
     console.print("tolerances: init exact; logits abs <= 1e-4 and loss rel <= 1e-5 against the "
-                  "NumPy reference; gradients <= 1e-4 and 3-step parameter updates <= 1e-4 (SGD) "
-                  "/ 1e-3 (RMSprop, Adam) relative to the tensor's max magnitude, against "
-                  f"{parity.REFERENCE_BACKEND} (ref).", style="dim")
+                  "NumPy reference; gradients <= 1e-4 and 3-step parameter moves <= 1e-4 (SGD) "
+                  f"/ 1e-3 (RMSprop, Adam), against {parity.REFERENCE_BACKEND} (ref).", style="dim")
     for (task, backend, metric), (tol, why) in parity.LOOSENED.items():
         console.print(f"loosened: {task}/{backend} {metric} <= {tol:g}: {why}")
     if not all(r.ok for r in rows):

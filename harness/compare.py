@@ -11,7 +11,7 @@ from each run's own snapshot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,11 +57,28 @@ class Change:
 
 
 @dataclass
+class HardwareMismatch:
+    """A common (task, backend) whose processes ran on different hardware in A and B (or on
+    more than one fingerprint within a run): not compared, unless --mixed-hardware."""
+
+    task: str
+    backend: str
+    a: list[str]  # fingerprint ids of A's processes
+    b: list[str]
+
+    def text(self) -> str:
+        ids = lambda v: ", ".join(f"hw {x[:8]}" for x in v)  # noqa: E731
+        return f"{self.task}/{self.backend} (A on {ids(self.a)}, B on {ids(self.b)})"
+
+
+@dataclass
 class Comparison:
     """Every common (task, backend), and the machine's drift between the runs."""
 
     changes: list[Change]
     stats: analysis.Changes  # the drift, the threshold and the intervals' levels
+    hardware: list[HardwareMismatch] = field(default_factory=list)  # measured on different hardware
+    mixed_hardware: bool = False  # those were compared anyway (then they are in ``changes``)
 
     @property
     def regressions(self) -> list[Change]:
@@ -125,14 +142,26 @@ def drift_probes(run: Run) -> list[float]:
     return [p.median_ms for p in run.meta.drift_probes if p.median_ms is not None]
 
 
-def compare(a: str | Path | Run, b: str | Path | Run, threshold_pct: float = 0.0) -> Comparison:
+def compare(a: str | Path | Run, b: str | Path | Run, threshold_pct: float = 0.0,
+            mixed_hardware: bool = False) -> Comparison:
     """Run B against run A; a cell is a regression when its drift-corrected slowdown is
-    significantly beyond ``threshold_pct`` (``fwbench compare --fail-on-regression``)."""
+    significantly beyond ``threshold_pct`` (``fwbench compare --fail-on-regression``). A cell
+    measured on different hardware fingerprints is not compared unless ``mixed_hardware``."""
     ra, rb = _run(a), _run(b)
     sa, sb = analysis.summaries(ra), analysis.summaries(rb)
     matched = {k: (sa[k], sb[k]) for k in sa if k in sb}
     if not matched:
         raise FwbenchError(f"{ra.path} and {rb.path} have no (task, backend) in common")
+    ha, hb = analysis.hardware_ids(ra), analysis.hardware_ids(rb)
+    mismatched = [HardwareMismatch(t, be, ha.get((t, be), []), hb.get((t, be), []))
+                  for t, be in matched if analysis.different_hardware(ha.get((t, be)), hb.get((t, be)))]
+    if not mixed_hardware:
+        for m in mismatched:
+            del matched[(m.task, m.backend)]
+        if not matched:
+            raise FwbenchError(f"{ra.path} and {rb.path} have no (task, backend) measured on the "
+                               f"same hardware: {'; '.join(m.text() for m in mismatched)} "
+                               "(--mixed-hardware compares them anyway, labelled)")
     found = analysis.run_changes(matched, drift_probes(ra), drift_probes(rb), threshold_pct)
     out = []
     for key, (x, y) in matched.items():
@@ -148,4 +177,4 @@ def compare(a: str | Path | Run, b: str | Path | Run, threshold_pct: float = 0.0
             mem_a, mem_b, _pct(mem_a, mem_b), x.accuracy, y.accuracy,
             y.accuracy - x.accuracy if x.accuracy is not None and y.accuracy is not None else None,
         ))
-    return Comparison(out, found)
+    return Comparison(out, found, mismatched, mixed_hardware)

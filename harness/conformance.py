@@ -17,11 +17,11 @@ import os
 import numpy as np
 import pytest
 
-from fwbench.harness import parity, spec
+from fwbench.harness import parity, tasks
 from fwbench.harness.adapter import Adapter, discover
 
 NAME = os.environ.get("FWBENCH_BACKEND", "")
-TASKS = [t for t in os.environ.get("FWBENCH_TASKS", ",".join(spec.TASKS)).split(",") if t]
+TASKS = [t for t in os.environ.get("FWBENCH_TASKS", ",".join(tasks.names())).split(",") if t]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def twice(backends):
 def test_registered_and_installed(backends):
     assert NAME in backends, f"{NAME!r} is not registered in the fwbench.backends entry points"
     assert not backends[NAME].missing(), f"{NAME!r} needs {backends[NAME].missing()}"
-    assert set(TASKS) <= set(spec.TASKS)
+    assert set(TASKS) <= set(tasks.names()), f"unknown tasks {set(TASKS) - set(tasks.names())}"
 
 
 def test_adapter_implements_the_interface(backends):
@@ -59,6 +59,8 @@ def test_round_trip_and_parity(backends):
     rows = parity.check(backends, [NAME], TASKS)
     for row in rows:
         assert row.error is None, f"{row.task}: {row.error}"
+        assert row.unsupported is None, (f"{row.task}: {row.unsupported} (set FWBENCH_TASKS to the "
+                                         f"tasks the backend supports)")
         assert row.init == 0.0, f"{row.task}: canonical round trip differs by {row.init}"
         assert row.ok, f"{row.task}: {row.breaches}"
 

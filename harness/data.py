@@ -9,6 +9,10 @@ Every file is checked against its sha256 before use; nothing falls back silently
 Decoded data sets (uint8 MNIST images, int32 IMDB token ids) are cached as ``.npz`` keyed
 by the checksums of their inputs, so a second run does not re-tokenize. The cheap per-task
 preprocessing (scaling, padding) is done by the worker, inside its timed data phase.
+
+Both are registries: ``DATASETS`` (name -> ``DataSet``: files, where they are found, how they
+decode) and ``PREPROCESS`` (name -> function) hold the built-ins; ``dataset(name)`` and
+``preprocessing(name)`` also find those a plugin registered (``harness/tasks.py``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,51 @@ class RawFile:
     urls: tuple[str, ...] = ()
 
 
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """A data set: its raw files, where they are found, and how they decode into arrays.
+
+    ``files`` are alternative sets of files (role -> file), in order of preference: with a data
+    folder (``--data-dir``) the first set whose files are all there is used, without one the
+    first set whose files all have URLs is downloaded (pooch, checked against the sha256).
+    ``folder``: the files ship inside a package (paths relative to it) and are used for every
+    profile, never downloaded. ``sample``: a small copy (paths relative to ``sample_folder``)
+    that the ``smoke`` profile and ``fwbench check`` use; without one they use the full files.
+    ``decode`` gets role -> verified path and returns at least ``x_train``, ``y_train``,
+    ``x_test``, ``y_test`` (labels int32), cached as one ``.npz`` keyed by the checksums.
+    """
+
+    name: str
+    files: tuple[dict[str, RawFile], ...]
+    decode: Callable[[dict[str, Path]], Arrays]
+    folder: Path | None = None
+    sample: dict[str, RawFile] | None = None
+    sample_folder: Path | None = None
+    description: str = ""
+    source: str = "built-in"  # set by discovery for a plugin's data set
+
+    def __post_init__(self) -> None:
+        if not self.files or not all(self.files):
+            raise ValueError(f"data set {self.name!r}: files needs at least one non-empty set")
+        if self.sample and self.sample_folder is None:
+            raise ValueError(f"data set {self.name!r}: a sample needs its sample_folder")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A named per-task preprocessing (``spec.Task.preprocessing``): decoded ``x`` -> the
+    inputs of the task's first layer, one example shaped ``task.input_shape``. Run by the
+    worker in its timed data phase, on the training and the test inputs separately."""
+
+    name: str
+    function: Callable[[np.ndarray], np.ndarray]
+    description: str = ""
+    source: str = "built-in"
+
+
 MNIST_FILES = {
     "train_images": RawFile("mnist/train-images-idx3-ubyte.gz",
                             "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
@@ -69,8 +118,9 @@ IMDB_TAR = RawFile("imdb/aclImdb_v1.tar.gz",
 
 def _sample_manifest() -> dict[str, str]:
     """relative path -> sha256 of the shipped sample (harness/sample/SHA256SUMS)."""
-    out = {}
-    for line in (SAMPLE_DIR / "SHA256SUMS").read_text().splitlines():
+    out: dict[str, str] = {}
+    sums = SAMPLE_DIR / "SHA256SUMS"
+    for line in (sums.read_text() if sums.is_file() else "").splitlines():
         if line.strip():
             digest, name = line.split(maxsplit=1)
             out[name.strip()] = digest
@@ -134,34 +184,39 @@ def data_dir_from_env(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
-def locate(dataset: str, profile: str, data_dir: Path | None) -> dict[str, tuple[Path, str]]:
-    """role -> (verified path, sha256) of the raw files of ``dataset`` for ``profile``."""
-    if spec.PROFILE_INFO[profile].sample_data:
-        manifest = _sample_manifest()
-        wanted = {
-            "mnist": {k: f.path for k, f in MNIST_FILES.items()},
-            "imdb": {"csv": IMDB_CSV.path},
-        }[dataset]
-        out = {}
-        for role, rel in wanted.items():
-            path = SAMPLE_DIR / rel
-            if not path.is_file():
-                raise DataError(f"shipped sample file {path} is missing: reinstall fwbench")
-            out[role] = (path, verify(path, manifest[rel]))
-        return out
-    if dataset == "mnist":
-        return {role: _fetch(raw, data_dir) for role, raw in MNIST_FILES.items()}
-    if dataset == "imdb":
-        if data_dir is not None:
-            for raw, role in ((IMDB_CSV, "csv"), (IMDB_TAR, "tar")):
-                if (data_dir / raw.path).is_file():
-                    return {role: _fetch(raw, data_dir)}
-            raise DataError(
-                f"{data_dir / IMDB_CSV.path} or {data_dir / IMDB_TAR.path} not found: put the "
-                "IMDB labeled CSV or the official aclImdb_v1.tar.gz there"
-            )
-        return {"tar": _fetch(IMDB_TAR, None)}
-    raise DataError(f"unknown data set {dataset!r}")
+def locate(ds: DataSet, profile: str, data_dir: Path | None) -> dict[str, tuple[Path, str]]:
+    """role -> (verified path, sha256) of the raw files of ``ds`` for ``profile``."""
+    if spec.PROFILE_INFO[profile].sample_data and ds.sample:
+        return {role: _shipped(raw, ds.sample_folder, ds)  # type: ignore[arg-type]
+                for role, raw in ds.sample.items()}
+    if ds.folder is not None:
+        return {role: _shipped(raw, ds.folder, ds) for role, raw in ds.files[0].items()}
+    if data_dir is not None:
+        for files in ds.files:
+            if all((data_dir / raw.path).is_file() for raw in files.values()):
+                return {role: _fetch(raw, data_dir) for role, raw in files.items()}
+        if len(ds.files) == 1:
+            missing = next(raw for raw in ds.files[0].values() if not (data_dir / raw.path).is_file())
+            raise DataError(f"{data_dir / missing.path} not found: put the file there or drop "
+                            "--data-dir to download it")
+        firsts = [next(raw for raw in files.values() if not (data_dir / raw.path).is_file())
+                  for files in ds.files]
+        raise DataError(f"{' or '.join(str(data_dir / raw.path) for raw in firsts)} not found: "
+                        f"put one of them there (data set {ds.name})")
+    for files in ds.files:
+        if all(raw.urls for raw in files.values()):
+            return {role: _fetch(raw, None) for role, raw in files.items()}
+    paths = ", ".join(raw.path for raw in ds.files[0].values())
+    raise DataError(f"data set {ds.name} has no download: point --data-dir (or FWBENCH_DATA_DIR) "
+                    f"at a folder holding {paths}")
+
+
+def _shipped(raw: RawFile, folder: Path, ds: DataSet) -> tuple[Path, str]:
+    path = folder / raw.path
+    if not path.is_file():
+        raise DataError(f"shipped file {path} of data set {ds.name} is missing: reinstall "
+                        f"{'fwbench' if ds.source == 'built-in' else 'its package (' + ds.source + ')'}")
+    return path, verify(path, raw.sha256)
 
 
 def _fetch(raw: RawFile, data_dir: Path | None) -> tuple[Path, str]:
@@ -288,8 +343,8 @@ def _imdb_arrays(rows: list[tuple[str, str, int, str]]) -> dict[str, np.ndarray]
     }
 
 
-def _mnist_arrays(files: dict[str, tuple[Path, str]]) -> dict[str, np.ndarray]:
-    arrays = {role: read_idx(path) for role, (path, _) in files.items()}
+def _mnist_arrays(files: dict[str, Path]) -> Arrays:
+    arrays = {role: read_idx(path) for role, path in files.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataError(f"MNIST {split}: image and label counts differ")
@@ -301,28 +356,93 @@ def _mnist_arrays(files: dict[str, tuple[Path, str]]) -> dict[str, np.ndarray]:
     }
 
 
+def _imdb_decode(files: dict[str, Path]) -> Arrays:
+    (role, path), = files.items()
+    return _imdb_arrays(read_imdb_csv(path) if role == "csv" else read_imdb_tar(path))
+
+
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_npz(files: dict[str, Path]) -> Arrays:
+    """Decode a data set stored as one ``.npz`` (role ``arrays``) holding ``x_train``,
+    ``y_train``, ``x_test``, ``y_test`` (and any other arrays, kept): no pickles."""
+    (path,) = files.values()
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz without pickles ({exc})") from None
+    missing = [k for k in SPLITS if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: no {', '.join(missing)} (a data set .npz holds {', '.join(SPLITS)})")
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if len(x) != len(y) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: y_{split} must be integer labels, one per example of x_{split}")
+        arrays[f"y_{split}"] = y.astype(np.int32)
+    return arrays
+
+
+def npz_dataset(name: str, file: RawFile, folder: Path | None = None,
+                sample: RawFile | None = None, sample_folder: Path | None = None,
+                description: str = "") -> DataSet:
+    """A data set that is one ``.npz`` of ``x_train``, ``y_train``, ``x_test``, ``y_test``:
+    shipped in ``folder``, or found in the data folder / downloaded from ``file.urls``."""
+    return DataSet(name, ({"arrays": file},), read_npz, folder,
+                   {"arrays": sample} if sample else None, sample_folder, description)
+
+
+def _sample_files(files: dict[str, RawFile]) -> dict[str, RawFile]:
+    """The shipped sample's copies of ``files`` (checksums from harness/sample/SHA256SUMS)."""
+    manifest = _sample_manifest()
+    return {role: RawFile(raw.path, manifest.get(raw.path, "")) for role, raw in files.items()}
+
+
+DATASETS: dict[str, DataSet] = {  # the built-ins; plugins add theirs (harness/tasks.py)
+    "mnist": DataSet("mnist", (MNIST_FILES,), _mnist_arrays, None, _sample_files(MNIST_FILES),
+                     SAMPLE_DIR, "MNIST handwritten digits, 60,000 + 10,000 28x28 uint8 images"),
+    "imdb": DataSet("imdb", ({"csv": IMDB_CSV}, {"tar": IMDB_TAR}), _imdb_decode, None,
+                    _sample_files({"csv": IMDB_CSV}), SAMPLE_DIR,
+                    f"IMDB reviews, 25,000 + 25,000, as the last {spec.IMDB_MAXLEN} token ids "
+                    f"of a {spec.IMDB_VOCAB:,}-word vocabulary"),
+}
+
+
+def dataset(name: str) -> DataSet:
+    """The registered data set ``name`` (built-in or from a plugin)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    from . import tasks
+
+    found = tasks.registry().datasets
+    if name not in found:
+        raise DataError(f"unknown data set {name!r}; registered: {', '.join([*DATASETS, *found])}")
+    return found[name]
+
+
 # ------------------------------------------------------------------------ caching
 
 
-def prepare(dataset: str, profile: str, data_dir: str | os.PathLike | None = None) -> Path:
+def prepare(dataset_name: str, profile: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Path of the cached decoded data set (built on first use). Runs in the runner."""
     from filelock import FileLock
 
-    files = locate(dataset, profile, data_dir_from_env(data_dir))
+    ds = dataset(dataset_name)
+    files = locate(ds, profile, data_dir_from_env(data_dir))
+    parts = [ds.name, PREP_VERSION] + ([] if ds.source == "built-in" else [ds.source])
     key = hashlib.sha256(
-        "|".join([dataset, PREP_VERSION] + [f"{r}={h}" for r, (_, h) in sorted(files.items())])
-        .encode()
+        "|".join(parts + [f"{r}={h}" for r, (_, h) in sorted(files.items())]).encode()
     ).hexdigest()[:16]
-    out = cache_dir() / "prepared" / f"{dataset}-{key}.npz"
+    out = cache_dir() / "prepared" / f"{ds.name}-{key}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if out.is_file():
             return out
-        if dataset == "mnist":
-            arrays = _mnist_arrays(files)
-        else:
-            (role, (path, _)), = files.items()
-            arrays = _imdb_arrays(read_imdb_csv(path) if role == "csv" else read_imdb_tar(path))
+        arrays = ds.decode({role: path for role, (path, _) in files.items()})
+        missing = [k for k in SPLITS if k not in arrays]
+        if missing:
+            raise DataError(f"data set {ds.name}: its decoder gave no {', '.join(missing)}")
         tmp = out.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, out)
@@ -343,22 +463,54 @@ def _mnist_lenet(x: np.ndarray) -> np.ndarray:
     return ((x / 255.0 - 0.1307) / 0.3081).astype(np.float32)[:, None, :, :]
 
 
+def _mnist_rows(x: np.ndarray) -> np.ndarray:
+    """The image /255 as a sequence: 28 time steps (rows) of 28 pixels, [N, 28, 28]."""
+    return (x.astype(np.float32) / 255.0).reshape(len(x), 28, 28)
+
+
 PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mnist_scaled": _mnist_scaled,
     "mnist_lenet": _mnist_lenet,
+    "mnist_rows": _mnist_rows,
     "imdb_sequences": lambda x: x.astype(np.int32),
 }
 
 
+def preprocessing(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The registered preprocessing ``name``: ``PREPROCESS`` (built-in) or a plugin's."""
+    if name in PREPROCESS:
+        return PREPROCESS[name]
+    from . import tasks
+
+    found = tasks.registry().preprocessings
+    if name not in found:
+        raise DataError(f"unknown preprocessing {name!r}; registered: {', '.join([*PREPROCESS, *found])}")
+    return found[name].function
+
+
 def task_arrays(task: spec.Task, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """x_train, y_train, x_test, y_test ready for the task's first layer."""
-    f = PREPROCESS[task.preprocessing]
-    return {
+    """x_train, y_train, x_test, y_test ready for the task's first layer (checked against
+    ``task.input_shape`` and ``task.input_dtype``)."""
+    f = preprocessing(task.preprocessing)
+    out = {
         "x_train": np.ascontiguousarray(f(prepared["x_train"])),
         "y_train": prepared["y_train"].astype(np.int32),
         "x_test": np.ascontiguousarray(f(prepared["x_test"])),
         "y_test": prepared["y_test"].astype(np.int32),
     }
+    for split in ("train", "test"):
+        x = out[f"x_{split}"]
+        if x.shape[1:] != tuple(task.input_shape) or x.dtype != np.dtype(task.input_dtype):
+            raise DataError(f"task {task.name}: preprocessing {task.preprocessing!r} gives x_{split} "
+                            f"examples {x.shape[1:]} {x.dtype}, the task declares "
+                            f"{tuple(task.input_shape)} {task.input_dtype}")
+        if len(x) != len(out[f"y_{split}"]):
+            raise DataError(f"task {task.name}: preprocessing {task.preprocessing!r} changed the "
+                            f"number of {split} examples")
+        labels = out[f"y_{split}"]
+        if len(labels) and not 0 <= labels.min() <= labels.max() < task.num_classes:
+            raise DataError(f"task {task.name}: {split} labels outside 0..{task.num_classes - 1}")
+    return out
 
 
 def write_sample(src: Path, dst: Path, mnist_train: int, mnist_test: int, imdb_train: int,

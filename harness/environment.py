@@ -6,14 +6,19 @@ import importlib.metadata as md
 import os
 import platform
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import records
 
 PACKAGES = ("fwbench", "numpy", "pandas", "torch", "tensorflow", "keras", "mindspore", "jax",
             "jaxlib", "flax", "optax")
 # "TF_" alone would also catch unrelated tools' variables (Terraform's TF_CLI_CONFIG_FILE).
 PERF_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "XLA_", "TF_NUM_", "TF_ENABLE_", "TF_CPP_",
                      "TF_XLA_", "TF_DETERMINISTIC", "TF_FORCE_", "TF_GPU_", "KMP_", "GOMP_",
-                     "JAX_", "MS_", "GLOG_", "KERAS_", "TORCH_", "FWBENCH_")
+                     "JAX_", "MS_", "GLOG_", "KERAS_", "TORCH_", "FWBENCH_",
+                     # the GPU choice and the TF32 switch (device.py): not CUDA_HOME, a path
+                     "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_TF32_OVERRIDE")
 
 
 def cpu_model() -> str:
@@ -37,6 +42,81 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
+
+
+def _all_cpu_flags() -> list[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):  # x86, ARM
+                    return sorted(set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+def accelerators() -> list[str]:
+    """One line per accelerator of this machine, as its driver names it (``nvidia-smi -L``
+    without the per-device UUID, so identical machines match); empty without one. The place
+    for device details (memory, driver, compute capability) when fwbench measures on GPUs."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [re.sub(r"\s*\(UUID: [^)]*\)", "", line).strip()
+            for line in out.stdout.splitlines() if line.strip()]
+
+
+def hardware_fingerprint() -> records.Hardware:
+    """This machine as cells are matched on it (``records.Hardware``): CPU model, a hash of
+    every CPU flag, the cores this process may use and the machine's, memory, kernel and
+    accelerators, with a short id hashed from them. Two nodes with the same id count as the
+    same hardware."""
+    import hashlib
+
+    import psutil
+
+    from . import records
+
+    fields = {
+        "cpu_model": cpu_model(),
+        "cpu_flags_sha256": hashlib.sha256(" ".join(_all_cpu_flags()).encode()).hexdigest()[:16],
+        "cores": len(available_cpus()),
+        "logical_cores": psutil.cpu_count(logical=True) or 0,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30),
+        "kernel": platform.release(),
+        "accelerators": accelerators(),
+    }
+    return records.Hardware(id=_hardware_id(fields),
+                            **{**fields, "accelerators": tuple(fields["accelerators"])})
+
+
+def _hardware_id(fields: dict[str, Any]) -> str:
+    """12 hex digits of sha256 over the fingerprint's fields; an empty ``device`` (a CPU
+    cell) is left out, so CPU fingerprints keep the ids they had before devices existed."""
+    import hashlib
+    import json
+
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()
+              if k != "id" and not (k == "device" and not v)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def with_device(hw: records.Hardware, gpu: records.Gpu | None) -> records.Hardware:
+    """The fingerprint of a cell that computed on ``gpu``: the node's, plus the GPU's model
+    and driver (``Hardware.device``), with its own id; unchanged for a CPU cell (None)."""
+    import dataclasses
+
+    if gpu is None:
+        return hw
+    device = f"{gpu.name or 'an unknown GPU'}, driver {gpu.driver or 'unknown'}"
+    fields = {**dataclasses.asdict(hw), "device": device}
+    return dataclasses.replace(hw, device=device, id=_hardware_id(fields))
 
 
 def available_cpus() -> list[int]:

@@ -233,9 +233,10 @@ def _cell(text: str, sort: Any = None, ci: str = "", cls: str = "num") -> dict[s
 def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:
     """The ranked table as cells: shown text (the Markdown table's), CI (or ''), sort key."""
     out = []
+    energy, gpu = words.device_columns(t.rows)
     for r in t.rows:
-        status = "status" + (" bad" if r.statuses or r.flagged else "")
-        out.append([
+        status = "status" + (" bad" if set(r.statuses) - {"unsupported"} or r.flagged else "")
+        cells = [
             _cell(str(r.position or "–"), r.position),
             _cell(r.backend, cls="backend"),
             _cell(str(r.processes), r.processes),
@@ -243,13 +244,35 @@ def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:
             _cell(num(r.throughput), r.throughput, words.ci_text(r.throughput_ci, level=r.step_ci_level)),
             _cell(pct(r.accuracy), r.accuracy, words.ci_text(r.accuracy_ci, pct, r.accuracy_ci_level)),
             _cell(num(r.step_p50), r.step_p50, words.ci_text(r.step_ci, level=r.step_ci_level)),
+            *([_cell(num(r.energy_per_sample), r.energy_per_sample)] if energy else []),
             _cell(words.spread_text(r), r.spread[1] - r.spread[0] if r.spread else None),
             _cell(words.cv_text(r), r.cv),
             _cell(num(r.first_step_s), r.first_step_s),
             _cell(num(r.peak_mib), r.peak_mib),
+            *([_cell(num(r.gpu_mib), r.gpu_mib), _cell(num(r.gpu_util), r.gpu_util)] if gpu else []),
             _cell(num(r.start_s), r.start_s),
             _cell(words.status_text(r), r.ok / r.cells if r.cells else 0, cls=status),
-        ])
+        ]
+        out.append(cells)
+    return out
+
+
+ENERGY_COLUMN = ("J/sample", "energy per training sample: the device's energy counter over "
+                 "training minus the run's idle baseline (see the run's energy line)")
+GPU_COLUMNS = [("GPU MiB", "the framework allocator's own peak on the GPU"),
+               ("GPU util %", "mean NVML GPU utilisation during training")]
+
+
+def columns(t: TaskResult) -> list[tuple[str, str]]:
+    """The table's columns: ``COLUMNS``, with energy and the GPU's where ``table_rows`` has them."""
+    energy, gpu = words.device_columns(t.rows)
+    out = []
+    for name, tip in COLUMNS:
+        out.append((name, tip))
+        if name == "step ms" and energy:
+            out.append(ENERGY_COLUMN)
+        if name == "peak MiB" and gpu:
+            out += GPU_COLUMNS
     return out
 
 
@@ -293,7 +316,7 @@ def html_report(source: str | Path | Run | Analysis) -> str:
     a = as_analysis(source)
     colors = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(a.backends)}
     with matplotlib.rc_context(STYLE):
-        sections = [{"t": t, "verdict": words.verdict(t), "rows": table_rows(t),
+        sections = [{"t": t, "verdict": words.verdict(t), "rows": table_rows(t), "columns": columns(t),
                      "processes": words.processes_line(t),
                      "plots": task_plots(a, t, colors) if t.finished else []}
                     for t in a.tasks]

@@ -34,6 +34,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from . import spec, stats
+from . import tasks as task_registry
 from .errors import FwbenchError
 
 LOOPS_ENV = "FWBENCH_IDIOMATIC_DIR"  # another folder of reference loops (same file names)
@@ -227,7 +228,8 @@ def run(jobs: Sequence[Job], known: Mapping[str, Any], *, threads: int, cpus: li
             loop = str(loop_path(job.column)) if job.kind == "idiomatic" else ""
             request = records.IdiomaticRequest(
                 threads, list(cpus), runner.backend_spec(known[job.backend]),
-                task=records.task_to_json(spec.TASKS[job.task]), data_path=str(data_paths[job.task]),
+                task=records.task_to_json(task_registry.get(job.task)),
+                data_path=str(data_paths[job.task]),
                 kind=job.kind, loop=loop, seed=seed, warmup=warmup, steps=steps)
             log = logs / f"{job.key}.log"
             out = runner.run_worker(request, log, timeout_s, lambda event: None)
@@ -463,7 +465,7 @@ def command(console, tasks: Sequence[str], backends: Sequence[str], known: Mappi
     for b in columns:
         loop_path(b)  # FwbenchError now, not once per process
     extra = {b: variants_of(b, known) for b in columns} if variants else {}
-    paths = {t: data.prepare(spec.TASKS[t].dataset, profile, data_dir) for t in tasks}
+    paths = {t: data.prepare(task_registry.get(t).dataset, profile, data_dir) for t in tasks}
     jobs = plan(tasks, columns, rounds, extra)
     with console.status("measuring") as status:
         results = run(jobs, known, threads=threads, cpus=cpus[:threads], data_paths=paths,

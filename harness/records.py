@@ -39,6 +39,8 @@ RUN_JSON = "run.json"
 STATUSES = {
     "ok": "finished; every measurement is valid",
     "failed": "the adapter raised an exception (one line in `error`, the traceback in the log)",
+    "unsupported": "the backend cannot run a layer of the task (named in `error`); found before "
+                   "anything was built or trained, not a failure",
     "crashed": "the worker died from a signal other than SIGKILL, or exited without a record",
     "killed": "the worker was killed by SIGKILL from outside fwbench, with no sign of memory "
               "exhaustion",
@@ -46,6 +48,8 @@ STATUSES = {
            "cell, or the worker raised MemoryError",
     "timeout": "no result within the cell's timeout; killed",
     "diverged": "the training loss became NaN or infinite; stopped at once",
+    "lost": "the cell's node died during it twice (on its run and its one retry on another "
+            "node), or no other node was left to retry it (`node` names the last one)",
 }
 
 
@@ -130,10 +134,19 @@ def task_to_json(task: spec.Task) -> dict[str, Any]:
     for f in dataclasses.fields(task):
         value = getattr(task, f.name)
         if f.name == "layers":
-            value = [{"type": type(layer).__name__, **dataclasses.asdict(layer)} for layer in value]
+            value = [_layer_json(layer) for layer in value]
         elif f.name == "optimizer":
             value = {"type": type(value).__name__, **dataclasses.asdict(value)}
         out[f.name] = _json_value(value)
+    return out
+
+
+def _layer_json(layer: spec.Layer) -> dict[str, Any]:
+    """{"type": ..., fields}; a nested stack (``Bidirectional.layers``) as a list of the same."""
+    out: dict[str, Any] = {"type": type(layer).__name__}
+    for f in dataclasses.fields(layer):
+        value = getattr(layer, f.name)
+        out[f.name] = [_layer_json(x) for x in value] if f.name == "layers" else value
     return out
 
 
@@ -142,7 +155,10 @@ def _typed(obj: dict[str, Any], allowed: tuple[type, ...], what: str) -> Any:
     kind = obj.get("type")
     if kind not in by_name:
         raise FwbenchError(f"unknown {what} type {kind!r} in a task definition")
-    return by_name[kind](**{k: v for k, v in obj.items() if k != "type"})
+    fields = {k: v for k, v in obj.items() if k != "type"}
+    if what == "layer" and "layers" in fields:  # a nested stack of layers
+        fields["layers"] = tuple(_typed(x, allowed, what) for x in fields["layers"])
+    return by_name[kind](**fields)
 
 
 def task_from_json(data: dict[str, Any]) -> spec.Task:
@@ -178,6 +194,8 @@ class _Request:
     threads: int
     cpus: list[int]
     backend: BackendSpec
+    # cpu | cuda:N (``device.parse``): the worker sets ``device.worker_env`` before its import
+    device: str = "cpu"
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "mode": self.mode, **to_json(self)}
@@ -255,11 +273,20 @@ class IdiomaticRequest(_Request):
     steps: int = 200
 
 
+@dataclass(frozen=True)
+class DeviceRequest(_Request):
+    """Can the backend's installed build compute on ``device``? (``fwbench run --device``,
+    before anything runs: ``Adapter.device_unsupported`` after the import.)"""
+
+    mode: ClassVar[str] = "device"
+
+
 REQUESTS: dict[str, type[_Request]] = {c.mode: c for c in (TrainRequest, ProbeRequest,
                                                               CalibrateRequest, DriftRequest,
-                                                              OverheadRequest, IdiomaticRequest)}
+                                                              OverheadRequest, IdiomaticRequest,
+                                                              DeviceRequest)}
 Request = typing.Union[TrainRequest, ProbeRequest, CalibrateRequest, DriftRequest, OverheadRequest,
-                       IdiomaticRequest]
+                       IdiomaticRequest, DeviceRequest]
 
 
 def request_from_json(data: dict[str, Any]) -> Request:
@@ -273,6 +300,31 @@ def request_from_json(data: dict[str, Any]) -> Request:
 
 
 # -------------------------------------------------------------------- cell records
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The hardware fingerprint of the machine (node) a cell ran on
+    (``environment.hardware_fingerprint``): cells are compared only within one ``id``."""
+
+    id: str  # sha256 of the other fields, 12 hex digits
+    cpu_model: str
+    cpu_flags_sha256: str  # of every flag in /proc/cpuinfo, sorted (16 hex digits)
+    cores: int  # logical cores the node's processes may use (their CPU affinity)
+    logical_cores: int  # of the whole machine
+    memory_gib: int  # total, rounded to a whole GiB
+    kernel: str
+    accelerators: tuple[str, ...] = ()  # one line per device (nvidia-smi -L without UUIDs)
+    # the GPU a cell computed on, "NVIDIA H200, driver 580.159.03" ("": the CPU); part of the
+    # id (``environment.with_device``), so cells on different GPU models are never ranked together
+    device: str = ""
+
+    def text(self) -> str:
+        """'AMD EPYC 7763, 2 of 2 cores, 23 GiB, kernel 6.1.0, no accelerator'."""
+        acc = ", ".join(self.accelerators) or "no accelerator"
+        on = f", computing on {self.device}" if self.device else ""
+        return (f"{self.cpu_model}, {self.cores} of {self.logical_cores} cores, "
+                f"{self.memory_gib} GiB, kernel {self.kernel}, {acc}{on}")
 
 
 @dataclass
@@ -292,6 +344,73 @@ class EpochRow:
     test_loss: float | None  # mean per-example loss over the whole test set
     test_accuracy: float | None  # fraction of the test set classified correctly, 0..1
     wall_s: float  # cumulative training time at the end of this epoch, s (evaluation excluded)
+
+
+@dataclass
+class Gpu:
+    """The GPU a cell ran on, read by the worker from NVML (``device.gpu_info``), with the
+    CUDA and cuDNN its framework reports. None where NVML (or the framework) has no answer."""
+
+    index: int  # NVML's index on the node (= cuda:N)
+    name: str | None = None  # "NVIDIA H200"
+    driver: str | None = None
+    cuda_driver: str | None = None  # the CUDA version the driver supports
+    cuda: str | None = None  # the CUDA runtime the framework uses
+    cudnn: str | None = None  # the cuDNN the framework uses
+    compute_capability: str | None = None
+    memory_total_mib: float | None = None
+    sm_clock_max_mhz: int | None = None
+    mem_clock_max_mhz: int | None = None
+    sm_clock_mhz: float | None = None  # median SM clock sampled during training
+    power_limit_w: float | None = None  # enforced power limit
+    mig_mode: str | None = None  # enabled | disabled | n/a
+    reason: str | None = None  # why the NVML fields are None
+
+
+@dataclass
+class AllocatorMemory:
+    """The framework allocator's own peak on the GPU (``Adapter.memory_peak``)."""
+
+    source: str  # the call that reported it
+    counts: str  # what the figure counts
+    peak_mib: float | None = None
+    reserved_peak_mib: float | None = None  # where the allocator also reports what it held
+
+
+@dataclass
+class DeviceMemory:
+    """GPU memory seen by NVML during the cell (sampled every 0.1 s)."""
+
+    process_peak_mib: float | None = None  # this worker in NVML's process list: its context,
+    # the allocator's pools and the libraries' workspaces
+    device_used_peak_mib: float | None = None  # the whole device's memory in use (all processes)
+    device_used_before_mib: float | None = None  # the same, before the framework was imported
+    reason: str | None = None  # why a field is None
+
+
+@dataclass
+class Utilization:
+    """NVML's GPU utilisation (% of time a kernel ran) sampled during training."""
+
+    gpu_pct_mean: float | None = None
+    gpu_pct_p50: float | None = None
+    gpu_pct_max: float | None = None
+    memory_pct_mean: float | None = None  # % of time device memory was read or written
+    interval_s: float | None = None
+    n: int = 0
+    samples: list[float] = field(default_factory=list)  # up to 64, evenly spaced
+    reason: str | None = None
+
+
+@dataclass
+class Energy:
+    """The energy counter over the cell's training phases (first step included)."""
+
+    source: str | None = None  # "NVML total energy, GPU 0" | "RAPL package-0" | None
+    counts: str | None = None  # what the counter covers
+    train_j: float | None = None  # counter difference over training, idle not subtracted
+    idle_w: float | None = None  # the run's idle baseline (run.json calibration), subtracted
+    reason: str | None = None  # why it is None
 
 
 def _f(doc: str, unit: str = "", default: Any = None, factory: Any = None) -> Any:
@@ -342,7 +461,8 @@ class CellRecord:
                             "--envs isolated")
     flops_per_step: int | None = _f("analytic FLOPs of one training step (3x forward)", "FLOP")
     achieved_gflops: float | None = _f("flops_per_step / median step time", "GFLOP/s")
-    pct_of_gemm_peak: float | None = _f("achieved_gflops / the run's calibrated GEMM peak", "%")
+    pct_of_gemm_peak: float | None = _f("achieved_gflops / the run's calibrated GEMM peak (NumPy "
+                                        "float32 on the CPU; a GPU cell: its device_gemm)", "%")
     cpu_wall_ratio: float | None = _f("CPU time / wall time of training", "ratio")
     threads_exceeded: bool | None = _f("cpu_wall_ratio above the thread count (+5%)")
     baseline_rss_mib: float | None = _f("RSS after imports and data", "MiB")
@@ -357,6 +477,32 @@ class CellRecord:
     denormals: dict[str, Any] = _f("denormal floats in the training step: policy, switch (what "
                                    "the adapter set), flushed (probed: 1e-30 * 1e-10 in the "
                                    "framework gave 0), nonzero_fraction", factory=dict)
+    device: str = _f("where the cell computed: cpu, or cuda:N (one GPU per cell, chosen with "
+                     "CUDA_VISIBLE_DEVICES before the framework import)", default="cpu")
+    gpu: Gpu | None = _f("the GPU (NVML): index, name, driver, cuda_driver, cuda and cudnn (as "
+                         "the framework reports them), compute_capability, memory_total_mib, "
+                         "sm/mem_clock_max_mhz, sm_clock_mhz (median during training), "
+                         "power_limit_w, mig_mode; None on the CPU")
+    precision: dict[str, Any] = _f("the float32 policy in force: policy, and on a GPU what the "
+                                   "framework set (TF32 off) and the variables set before its "
+                                   "import", factory=dict)
+    allocator_memory: AllocatorMemory | None = _f(
+        "GPU: the framework allocator's own peak over the cell: source, counts (what it "
+        "counts), peak_mib, reserved_peak_mib")
+    device_memory: DeviceMemory | None = _f(
+        "GPU memory seen by NVML: process_peak_mib (this worker in NVML's process list), "
+        "device_used_peak_mib (the whole device), device_used_before_mib (before the import)")
+    gpu_utilization: Utilization | None = _f(
+        "NVML GPU utilisation during training, in % of time a kernel ran: mean, p50, max, "
+        "memory_pct_mean, n, interval_s, samples")
+    device_gemm: dict[str, Any] = _f("GPU: float32 GEMM peak run by the cell's own framework on "
+                                     "its GPU (gflops, n, precision): the GPU cell's "
+                                     "pct_of_gemm_peak divides by it", factory=dict)
+    energy: Energy | None = _f("the energy counter over the training phases: source (NVML total "
+                               "energy on a GPU, RAPL on the CPU), counts (what it covers), "
+                               "train_j, idle_w (the run's idle baseline), reason when None")
+    energy_j: float | None = _f("energy.train_j minus idle_w x train_time_s", "J")
+    energy_j_per_sample: float | None = _f("energy_j / training samples (steps x batch)", "J/sample")
     # run-level (runner)
     noise: dict[str, Any] = _f("what else used the cell's cores while it ran: others_cores "
                                "(other processes' CPU, in cores), steal_fraction, loadavg_1m, "
@@ -364,9 +510,18 @@ class CellRecord:
     threads: int | None = _f("threads of the cell")
     affinity: list[int] = _f("CPUs the worker was pinned to", factory=list)
     wall_s: float | None = _f("wall time of the whole worker process", "s")
-    started: str | None = _f("UTC start time, ISO 8601")
-    ended: str | None = _f("UTC end time, ISO 8601")
+    started: str | None = _f("UTC start time, ISO 8601 (milliseconds), on the clock of the "
+                             "cell's node")
+    ended: str | None = _f("UTC end time, ISO 8601, on the clock of the cell's node")
     log: str | None = _f("the worker's log file, relative to the run folder")
+    node: str | None = _f("where the cell ran: local (this machine), or the Ray node id "
+                          "(--executor ray)")
+    hardware: Hardware | None = _f("the node's hardware fingerprint: id (a hash of the rest), "
+                                   "cpu_model, cpu_flags_sha256, cores (its CPU affinity), "
+                                   "logical_cores, memory_gib, kernel, accelerators; reports "
+                                   "never rank cells of different ids together")
+    lost_node: str | None = _f("a node that died during an earlier attempt of this cell, "
+                               "which then ran again on `node`")
 
     MEASURED: ClassVar[tuple[str, ...]] = ()  # set below: the fields a worker may fill
 
@@ -383,7 +538,8 @@ class CellRecord:
 
 
 _RUNNER_FIELDS = ("task", "backend", "seed", "repeat", "profile", "pct_of_gemm_peak", "noise",
-                  "threads", "affinity", "wall_s", "started", "ended", "log")
+                  "threads", "affinity", "wall_s", "started", "ended", "log", "node",
+                  "hardware", "lost_node", "energy_j", "energy_j_per_sample")
 CellRecord.MEASURED = tuple(f.name for f in dataclasses.fields(CellRecord)
                             if f.name not in _RUNNER_FIELDS)
 
@@ -503,6 +659,14 @@ class Calibration:
     gemm_peak_gflops: float | None
     threads: int
     blas: list[dict[str, Any]] = field(default_factory=list)
+    node: str | None = None  # where it ran: local, or a Ray node id (None: an older run)
+    # the idle baseline of energy_j, measured before the GEMM on the run's device (device.py)
+    idle_w: float | None = None
+    idle_source: str | None = None
+    idle_reason: str | None = None
+    # the cells' device (cpu | cuda:N); a GPU cell's % of peak uses its own device_gemm
+    device: str = "cpu"
+    gpu: Gpu | None = None  # that GPU, as NVML described it at the start of the run
 
 
 @dataclass
@@ -520,6 +684,7 @@ class DriftProbe:
     at: str  # UTC, ISO 8601
     round: int  # before which round of cells (0: the training runs, r: timing repeat r)
     median_ms: float | None
+    node: str | None = None  # where it ran: local, or a Ray node id (None: an older run)
 
 
 @dataclass

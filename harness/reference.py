@@ -17,10 +17,52 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def conv2d_valid(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """x [N, C, H, W], k [O, C, kh, kw] -> [N, O, H-kh+1, W-kw+1] (cross-correlation)."""
+    """x [N, C, H, W], k [O, C, kh, kw] -> [N, O, H-kh+1, W-kw+1] (cross-correlation).
+
+    out[n, o, h, w] = b[o] + sum_{c, i, j} x[n, c, h+i, w+j] k[o, c, i, j], summed one kernel
+    offset (i, j) at a time (no [N, C, H, W, kh, kw] window array in memory)."""
     kh, kw = k.shape[2:]
-    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-    return np.einsum("nchwij,ocij->nohw", windows, k, optimize=True) + b[None, :, None, None]
+    h_out, w_out = x.shape[2] - kh + 1, x.shape[3] - kw + 1
+    out = np.zeros((x.shape[0], k.shape[0], h_out, w_out))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nchw,oc->nohw", x[:, :, i : i + h_out, j : j + w_out], k[:, :, i, j])
+    return out + b[None, :, None, None]
+
+
+def pad_same(x: np.ndarray, kernel: int, axes: tuple[int, ...]) -> np.ndarray:
+    """Zero padding for "same" (stride 1): (k-1)//2 before and k//2 after on each of ``axes``."""
+    widths = [(0, 0)] * x.ndim
+    for axis in axes:
+        widths[axis] = spec.same_padding(kernel)
+    return np.pad(x, widths)
+
+
+def conv2d(layer: spec.Conv2D, x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Conv2D with the layer's padding: "same" is a valid conv of the zero-padded input."""
+    if layer.padding == "same":
+        x = pad_same(x, layer.kernel, (2, 3))
+    return conv2d_valid(x, k, b)
+
+
+def conv1d(layer: spec.Conv1D, x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x [N, T, C], k [O, C, kw] -> [N, T', O]: out[n, t, o] = b[o] + sum_{c, j} x[n, t+j, c] k[o, c, j]
+    (T' = T - kw + 1 valid, T same, on the zero-padded input)."""
+    if layer.padding == "same":
+        x = pad_same(x, layer.kernel, (1,))
+    kw = k.shape[2]
+    t_out = x.shape[1] - kw + 1
+    out = np.zeros((x.shape[0], t_out, k.shape[0]))
+    for j in range(kw):
+        out += x[:, j : j + t_out, :] @ k[:, :, j].T
+    return out + b
+
+
+def maxpool1d(x: np.ndarray, p: int) -> np.ndarray:
+    """[N, T, C] -> [N, T // p, C], non-overlapping windows (a remainder is dropped)."""
+    n, t, c = x.shape
+    t2 = t // p
+    return x[:, : t2 * p].reshape(n, t2, p, c).max(axis=2)
 
 
 def maxpool(x: np.ndarray, p: int) -> np.ndarray:
@@ -43,15 +85,55 @@ def lstm_last(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, bias: np.ndarra
     return h
 
 
+def gru(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray, b_hh: np.ndarray,
+        return_sequences: bool) -> np.ndarray:
+    """The spec's reset-after GRU (gates r, z, n; h_0 = 0): x [N, T, in] -> [N, T, H] or h_T [N, H].
+
+    r = sig(x W_ir' + b_ir + h W_hr' + b_hr); z = sig(x W_iz' + b_iz + h W_hz' + b_hz);
+    n = tanh(x W_in' + b_in + r * (h W_hn' + b_hn)); h' = (1 - z) n + z h."""
+    n, t_len, _ = x.shape
+    hidden = w_hh.shape[1]
+    h = np.zeros((n, hidden))
+    states = []
+    for t in range(t_len):
+        x_r, x_z, x_n = np.split(x[:, t] @ w_ih.T + b_ih, 3, axis=1)
+        h_r, h_z, h_n = np.split(h @ w_hh.T + b_hh, 3, axis=1)
+        r = _sigmoid(x_r + h_r)
+        z = _sigmoid(x_z + h_z)
+        cand = np.tanh(x_n + r * h_n)
+        h = (1 - z) * cand + z * h
+        states.append(h)
+    return np.stack(states, axis=1) if return_sequences else h
+
+
+def _gru(layer: spec.GRU, i: int | str, p: dict[str, np.ndarray], a: np.ndarray) -> np.ndarray:
+    return gru(a, p[f"{i}.w_ih"], p[f"{i}.w_hh"], p[f"{i}.b_ih"], p[f"{i}.b_hh"], layer.return_sequences)
+
+
+def _bidirectional(layer: spec.Bidirectional, i: int | str, p: dict[str, np.ndarray],
+                   a: np.ndarray) -> np.ndarray:
+    """fw stack over t = 1..T plus bw stack over the reversed input ("sum" merge)."""
+    merged = 0.0
+    for direction, seq in (("fw", a), ("bw", a[:, ::-1])):
+        for j, inner in enumerate(layer.layers):
+            seq = _FORWARD(inner, f"{i}.{direction}.{j}", p, seq)
+        merged = merged + seq
+    return merged
+
+
 _FORWARD = spec.LayerRules("reference.forward", {
     spec.Flatten: lambda layer, i, p, a: a.reshape(a.shape[0], -1),
     spec.Dense: lambda layer, i, p, a: a @ p[f"{i}.kernel"] + p[f"{i}.bias"],
-    spec.Conv2D: lambda layer, i, p, a: conv2d_valid(a, p[f"{i}.kernel"], p[f"{i}.bias"]),
+    spec.Conv2D: lambda layer, i, p, a: conv2d(layer, a, p[f"{i}.kernel"], p[f"{i}.bias"]),
     spec.MaxPool2D: lambda layer, i, p, a: maxpool(a, layer.pool),
     spec.ReLU: lambda layer, i, p, a: np.maximum(a, 0.0),
     spec.Dropout: lambda layer, i, p, a: a,  # evaluation mode: the identity
     spec.Embedding: lambda layer, i, p, a: p[f"{i}.table"][a],
     spec.LSTM: lambda layer, i, p, a: lstm_last(a, p[f"{i}.w_ih"], p[f"{i}.w_hh"], p[f"{i}.bias"]),
+    spec.Conv1D: lambda layer, i, p, a: conv1d(layer, a, p[f"{i}.kernel"], p[f"{i}.bias"]),
+    spec.MaxPool1D: lambda layer, i, p, a: maxpool1d(a, layer.pool),
+    spec.GRU: _gru,
+    spec.Bidirectional: _bidirectional,
 })
 
 

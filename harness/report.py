@@ -54,5 +54,9 @@ def markdown_report(source: str | Path | Run | Analysis) -> str:
     if a.failed:
         parts += ["## Cells that did not finish", ""]
         parts += [f"- {words.failed_text(f)}" for f in a.failed] + [""]
+    if a.unsupported:
+        parts += ["## Unsupported (the adapter cannot run a layer of the task, or on the device; "
+                  "not failures)", ""]
+        parts += [f"- {words.unsupported_text(f)}" for f in a.unsupported] + [""]
     parts += ["## All numbers", "", markdown_table(words.summary_rows(a))]
     return "\n".join(parts)

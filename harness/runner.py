@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import data, environment, records, spec
+from . import data, environment, records
+from . import tasks as task_registry
 from .adapter import Backend
 from .errors import FwbenchError
 from .records import RESULTS, RUN_JSON, CellRecord, RunMeta  # noqa: F401 - re-exported
@@ -52,6 +53,8 @@ class RunConfig:
     max_processes: int = 20  # the cap of the adaptive repeats, per (task, backend)
     envs: str = "current"  # "isolated": every backend's workers in its own env (harness/envs.py)
     denormals: str = "flush"  # "flush": every framework flushes denormals; or "framework-default"
+    executor: str = "local"  # where the cells run: "local" (this machine) or "ray" (executors.py)
+    device: str = "cpu"  # cpu | cuda:N (device.py): where every cell computes, one GPU per cell
 
     def to_json(self) -> dict[str, Any]:
         return records.to_json(self)
@@ -363,7 +366,7 @@ def build_meta(config: RunConfig, backends: dict[str, Backend],
         config=config.to_json(),
         environment=environment.capture(),
         backends={n: _backend_info(backends[n], envs.get(n)) for n in config.backends},
-        tasks={t: records.task_to_json(spec.TASKS[t]) for t in config.tasks},
+        tasks={t: records.task_to_json(task_registry.get(t)) for t in config.tasks},
     )
 
 
@@ -436,7 +439,7 @@ def prepare_resume(run_dir: Path, given: dict[str, Any], backends: dict[str, Bac
                if b not in backends or (backends[b].missing() and b not in now_envs)]
     if missing:
         raise FwbenchError(f"--resume: backend(s) {', '.join(missing)} of that run are not installed")
-    unknown = [t for t in saved.tasks if t not in spec.TASKS]
+    unknown = [t for t in saved.tasks if t not in task_registry.all_tasks()]
     if unknown:
         raise FwbenchError(f"--resume: task(s) {', '.join(unknown)} of that run are not known here")
     env_diffs = environment_differences(meta, build_meta(saved, backends, now_envs))
@@ -459,6 +462,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _iso(t: float) -> str:
+    """A record's start or end (epoch seconds, the clock of the machine that ran the cell)
+    in UTC, ISO 8601, to the millisecond: cells of one node never seem to overlap."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
 # ------------------------------------------------------------------------ the run
 
 
@@ -466,9 +475,15 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
         on_event: Callable[[CellEvent], None] = lambda e: None,
         on_status: Callable[[str], None] = lambda s: None,
         force_resume: bool = False,
-        envs: dict[str, records.EnvInfo] | None = None) -> list[CellRecord]:
+        envs: dict[str, records.EnvInfo] | None = None,
+        executor: Any = None) -> list[CellRecord]:
     """Run every planned cell not already in ``run_dir``; returns this run's records.
-    ``envs``: the env of each backend whose workers run in one (its ``bin/python``)."""
+    ``envs``: the env of each backend whose workers run in one (its ``bin/python``);
+    ``executor``: where the worker processes run (``executors``; default: this machine, one
+    after another). This process stays the only writer of results.jsonl and run.json."""
+    from .executors import Job, LocalExecutor
+
+    executor = executor or LocalExecutor()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
     results = run_dir / RESULTS
@@ -489,28 +504,33 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
                                                torn.name if torn else None))
         records.write_meta(run_dir, meta)
 
-    cpus = environment.available_cpus()[: config.threads]
     # Data first: a missing or corrupted file is the user's to fix, whatever the machine does
     # (and decoding it must not run during the noise probe or a cell).
     prepared: dict[str, Path] = {}
-    for dataset in sorted({spec.TASKS[t].dataset for t in config.tasks}):
+    for dataset in sorted({task_registry.get(t).dataset for t in config.tasks}):
         on_status(f"preparing {dataset} ({config.profile} profile)")
         prepared[dataset] = data.prepare(dataset, config.profile, config.data_dir)
-    _noise_guard(config, cpus, meta, on_status)
+    executor.start(run_dir, prepared)
+    _noise_guard(config, executor, meta, on_status)
     records.write_meta(run_dir, meta)
     if meta.calibration is None:
         on_status(f"calibrating float32 GEMM peak on {config.threads} thread(s)")
-        outcome = run_worker(records.CalibrateRequest(config.threads, cpus, _NUMPY),
-                             run_dir / "logs" / "calibration.log", 300, lambda e: None)
-        meta.calibration = records.Calibration(outcome.result.get("gemm_peak_gflops"),
-                                               config.threads, outcome.result.get("blas") or [])
+        job = Job("calibration", records.CalibrateRequest(config.threads, [], _NUMPY, config.device),
+                  run_dir / "logs" / "calibration.log", 300, node=executor.nodes()[0].node)
+        (found,) = executor.run([job])
+        result = found.outcome.result
+        meta.calibration = records.Calibration(result.get("gemm_peak_gflops"), config.threads,
+                                               result.get("blas") or [], found.node,
+                                               result.get("idle_w"), result.get("idle_source"),
+                                               result.get("idle_reason"), config.device,
+                                               records.Gpu(**result["gpu"]) if result.get("gpu") else None)
         records.write_meta(run_dir, meta)
 
     out: list[CellRecord] = []
     rounds = plan(config)
     for number, cells in enumerate(rounds):
         _run_round(number, [c for c in cells if c.ident not in done], config, run_dir, backends,
-                   meta, prepared, cpus, out, on_event, envs)
+                   meta, prepared, executor, done, out, on_event, envs, on_status)
     if config.until_ci_pct is not None:
         number = len(rounds)
         while True:
@@ -518,7 +538,7 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
             if not pending:
                 break
             _run_round(number, [Cell(t, b, 0, number) for t, b in pending], config, run_dir,
-                       backends, meta, prepared, cpus, out, on_event, envs)
+                       backends, meta, prepared, executor, done, out, on_event, envs, on_status)
             number += 1
     _record_stopping(config, meta, records.read_records(results))
     records.write_meta(run_dir, meta)
@@ -528,18 +548,41 @@ def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
 _NUMPY = records.BackendSpec("numpy", "")  # calibration and drift probes import no framework
 
 
-def _noise_guard(config: RunConfig, cpus: list[int], meta: RunMeta,
-                 on_status: Callable[[str], None]) -> None:
-    """Watch the run's cores for 1 s: refuse a busy machine (smoke runs and --allow-busy
-    only warn), and record what was seen."""
-    from . import noise
+def _energy(record: CellRecord, calibration: records.Calibration | None, batch: int) -> None:
+    """energy_j and energy_j_per_sample of a finished cell: its training phases' counter
+    minus the run's idle baseline over the same time (``device.energy_per_sample``)."""
+    from . import device
 
-    busy = noise.probe(cpus, 1.0)
-    meta.noise_at_start = {**records.to_json(busy), "busy": busy.busy, "text": busy.text(),
-                           "allowed": config.allow_busy}
-    if not busy.busy:
+    if record.energy is None or not record.ok:
         return
-    message = f"the machine is busy: {busy.text()}"
+    idle = calibration.idle_w if calibration is not None else None
+    record.energy.idle_w = idle
+    if record.energy.train_j is not None and idle is None and record.energy.reason is None:
+        record.energy.reason = ("no idle baseline: " + (calibration.idle_reason or "not measured")
+                                if calibration is not None else "no idle baseline (no calibration)")
+    samples = record.steps * batch if record.steps else None
+    record.energy_j, record.energy_j_per_sample = device.energy_per_sample(
+        record.energy.train_j, idle, record.train_time_s, samples)
+
+
+def _noise_guard(config: RunConfig, executor: Any, meta: RunMeta,
+                 on_status: Callable[[str], None]) -> None:
+    """Watch the run's cores for 1 s (on every node): refuse a busy machine (smoke runs and
+    --allow-busy only warn), and record what was seen."""
+    seen = executor.noise(config.threads, 1.0)
+    if len(seen) == 1:
+        (busy,) = seen.values()
+        meta.noise_at_start = {**records.to_json(busy), "busy": busy.busy, "text": busy.text(),
+                               "allowed": config.allow_busy}
+    else:
+        meta.noise_at_start = {
+            "busy": any(b.busy for b in seen.values()), "allowed": config.allow_busy,
+            "text": "; ".join(f"node {n[:12]}: {b.text()}" for n, b in seen.items()),
+            "nodes": {n: {**records.to_json(b), "busy": b.busy} for n, b in seen.items()}}
+    if not meta.noise_at_start["busy"]:
+        return
+    where = "machine" if len(seen) == 1 else "cluster"
+    message = f"the {where} is busy: {meta.noise_at_start['text']}"
     if config.allow_busy or config.profile == "smoke":
         on_status(f"warning: {message}; timings will be noisy")
         return
@@ -595,52 +638,82 @@ def _record_stopping(config: RunConfig, meta: RunMeta, rs: list[CellRecord]) -> 
 
 def _run_round(number: int, cells: list[Cell], config: RunConfig, run_dir: Path,
                backends: dict[str, Backend], meta: RunMeta, prepared: dict[str, Path],
-               cpus: list[int], out: list[CellRecord], on_event: Callable[[CellEvent], None],
-               envs: dict[str, records.EnvInfo] | None = None) -> None:
-    """One drift probe, then the round's cells, one worker process each."""
-    from . import noise
+               executor: Any, recorded: set[tuple[str, str, int, int]], out: list[CellRecord],
+               on_event: Callable[[CellEvent], None],
+               envs: dict[str, records.EnvInfo] | None = None,
+               on_status: Callable[[str], None] = lambda s: None) -> None:
+    """A drift probe on every node, then the round's cells, one worker process each, in the
+    planned order (backends interleaved); each record is appended as its cell ends, once."""
+    from .executors import Job
 
     if not cells:
         return
-    probe = run_worker(records.DriftRequest(config.threads, cpus, _NUMPY),
-                       run_dir / "logs" / f"drift-{number}.log", 120, lambda e: None)
-    meta.drift_probes.append(records.DriftProbe(_now(), number, probe.result.get("median_ms")))
+    nodes = executor.nodes()
+    probes = [Job(f"drift-{number}", records.DriftRequest(config.threads, [], _NUMPY),
+                  run_dir / "logs" / (f"drift-{number}.log" if len(nodes) == 1
+                                      else f"drift-{number}-{n.node[:12]}.log"), 120, node=n.node)
+              for n in nodes]
+    for found in executor.run(probes):
+        meta.drift_probes.append(records.DriftProbe(_now(), number,
+                                                    found.outcome.result.get("median_ms"), found.node))
     records.write_meta(run_dir, meta)
+    jobs = []
     for cell in cells:
-        task = meta.task(cell.task) or spec.TASKS[cell.task]
-        on_event(CellEvent(cell, "start", epochs=1 if cell.repeat else task.epochs(config.profile)))
+        task = meta.task(cell.task) or task_registry.get(cell.task)
         request = records.TrainRequest(
-            config.threads, cpus, backend_spec(backends[cell.backend], config, cell.seed),
+            config.threads, [], backend_spec(backends[cell.backend], config, cell.seed),
             task=records.task_to_json(task), seed=cell.seed, profile=config.profile,
             data_path=str(prepared[task.dataset].resolve()), timing_only=cell.repeat > 0,
-            max_steps=config.timing_steps, denormals=config.denormals)
-        log_path = run_dir / "logs" / f"{cell.key}.log"
-        started = time.time()
-
-        def forward(event: dict[str, Any], cell: Cell = cell) -> None:
-            on_event(CellEvent(cell, "progress", event.get("epoch", 0), event.get("epochs", 0),
-                               event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
-
-        before = noise.snapshot(cpus)
+            max_steps=config.timing_steps, denormals=config.denormals, device=config.device)
         env = (envs or {}).get(cell.backend)
-        outcome = run_worker(request, log_path, config.timeout_s, forward, config.memory_limit_gib,
-                             python=env_python(env) if env else None)
-        busy = noise.busy_between(before, noise.snapshot(cpus), [os.getpid(), *outcome.pids])
+        jobs.append(Job(cell.key, request, run_dir / "logs" / f"{cell.key}.log", config.timeout_s,
+                        config.memory_limit_gib, env_python(env) if env else None,
+                        dataset=task.dataset, cell=cell))
+
+    announced: set[str] = set()
+
+    def started(job: Job, node: str) -> None:
+        if job.key in announced:  # a retry on another node
+            return
+        announced.add(job.key)
+        task = meta.task(job.cell.task) or task_registry.get(job.cell.task)
+        on_event(CellEvent(job.cell, "start",
+                           epochs=1 if job.cell.repeat else task.epochs(config.profile)))
+
+    def forward(job: Job, event: dict[str, Any]) -> None:
+        on_event(CellEvent(job.cell, "progress", event.get("epoch", 0), event.get("epochs", 0),
+                           event.get("step", 0), event.get("steps", 0), event.get("phase", "train")))
+
+    for found in executor.run(jobs, started, forward, on_status):
+        cell = found.job.cell
+        if cell.ident in recorded:  # never twice, whatever an executor hands back
+            continue
+        outcome = found.outcome
         record = records.record_from_json(
             {"schema": records.SCHEMA, **outcome.result, "status": outcome.status,
              "error": outcome.error},
             f"the record of {cell.key}")
         record.task, record.backend, record.seed, record.repeat = cell.ident
-        record.profile, record.threads, record.affinity = config.profile, config.threads, cpus
-        record.noise = {"others_cores": busy.others_cores, "steal_fraction": busy.steal_fraction,
-                        "loadavg_1m": busy.loadavg_1m, "busy": busy.busy}
-        record.wall_s = time.time() - started
-        record.started = datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
-        record.ended = _now()
-        record.log = str(log_path.relative_to(run_dir))
+        record.profile, record.threads, record.affinity = config.profile, config.threads, found.cpus
+        record.noise = found.noise
+        record.wall_s = found.ended - found.started
+        record.started = _iso(found.started)
+        record.ended = _iso(found.ended)
+        record.log = str(found.job.log_path.relative_to(run_dir))
+        record.node, record.hardware, record.lost_node = found.node, found.hardware, found.lost_node
+        if found.hardware is not None and config.device != "cpu":
+            # the GPU's model and driver are part of a GPU cell's fingerprint (a cell that
+            # recorded none, unsupported or failed, gets the GPU of the run's calibration)
+            cal = meta.calibration
+            run_gpu = cal.gpu if cal is not None and cal.node == found.node else None
+            record.hardware = environment.with_device(found.hardware, record.gpu or run_gpu)
         peak = meta.calibration.gemm_peak_gflops if meta.calibration else None
+        if record.gpu is not None:  # the framework's own GEMM on this GPU, not NumPy's
+            peak = record.device_gemm.get("gflops")
         if peak and record.achieved_gflops:
             record.pct_of_gemm_peak = 100 * record.achieved_gflops / peak
+        _energy(record, meta.calibration, (meta.task(cell.task) or task_registry.get(cell.task)).batch_size)
         records.append_record(run_dir / RESULTS, record)
+        recorded.add(cell.ident)
         out.append(record)
         on_event(CellEvent(cell, "end", record=record))

@@ -9,7 +9,8 @@ from typing import Any
 
 from .analysis import (ALPHA, CV_FLAG, EQUIVALENCE_MARGIN, EQUIVALENT, FEW_SEEDS, IMPROVEMENT,
                        INCONCLUSIVE, MIN_PROCESSES, NO_CHANGE, PAIR_TEST, REGRESSION, TOO_FEW,
-                       Analysis, BackendResult, Changes, Equivalence, Pick, TaskResult, missing)
+                       Analysis, BackendResult, Changes, Equivalence, Pick, TaskResult,
+                       hardware_label, missing)
 from .records import RunMeta
 
 THROUGHPUT = ("throughput = batch size / median steady-state step time (samples/s); a "
@@ -242,10 +243,15 @@ def verdict(t: TaskResult) -> list[str]:
                    f"{num(start[0].start_s)} s (slowest: {start[-1].backend}, {num(start[-1].start_s)} s).")
     for r in done:
         out += flag_sentences(r)
-    bad = [r for r in t.rows if r.statuses]
+    bad = [r for r in t.rows if set(r.statuses) - {"unsupported"}]
     if bad:
         out.append("Did not finish: " + ", ".join(
-            f"{r.backend} ({', '.join(r.statuses)}, {r.cells - r.ok} of {r.cells} cells)" for r in bad) + ".")
+            f"{r.backend} ({', '.join(s for s in r.statuses if s != 'unsupported')}, "
+            f"{r.cells - r.ok} of {r.cells} cells)" for r in bad) + ".")
+    cannot = [r.backend for r in t.rows if "unsupported" in r.statuses]
+    if cannot:
+        out.append("Cannot run this task (a layer is unsupported by the adapter): "
+                   + ", ".join(cannot) + ".")
     over = [r.backend for r in done if r.threads_exceeded]
     if over:
         out.append("Used more threads than allowed: " + ", ".join(over) + ".")
@@ -324,29 +330,48 @@ def pick_overall(p: Pick) -> str:
 # ------------------------------------------------------------------ shared table text
 
 
+def device_columns(rows) -> tuple[bool, bool]:
+    """(energy, gpu): whether a table gets the J/sample column and the GPU columns (only
+    where some row has them, so CPU reports look as they did)."""
+    return (any(r.energy_per_sample is not None for r in rows),
+            any(r.gpu_mib is not None or r.gpu_util is not None for r in rows))
+
+
 def task_rows(t: TaskResult) -> list[dict[str, str]]:
     """The ranked table of a task, as text cells (the Markdown table; the HTML shows the
-    same cells)."""
-    return [{
-        "#": str(r.position or "–"),
-        "backend": r.backend,
-        "n": str(r.processes),
-        "to target s": target_text(t, r),
-        "samples/s": with_ci(num(r.throughput), r.throughput_ci, level=r.step_ci_level),
-        "test acc": with_ci(pct(r.accuracy), r.accuracy_ci, pct, r.accuracy_ci_level),
-        "step ms": with_ci(num(r.step_p50), r.step_ci, level=r.step_ci_level),
-        "within-process spread p10-p90 ms": spread_text(r),
-        "CV": cv_text(r),
-        "first step s": num(r.first_step_s),
-        "peak MiB": num(r.peak_mib),
-        "start s": num(r.start_s),
-        "status": status_text(r),
-    } for r in t.rows]
+    same cells). Energy (J/sample) stands next to the step time, GPU memory next to RSS."""
+    energy, gpu = device_columns(t.rows)
+    out = []
+    for r in t.rows:
+        row = {
+            "#": str(r.position or "–"),
+            "backend": r.backend,
+            "n": str(r.processes),
+            "to target s": target_text(t, r),
+            "samples/s": with_ci(num(r.throughput), r.throughput_ci, level=r.step_ci_level),
+            "test acc": with_ci(pct(r.accuracy), r.accuracy_ci, pct, r.accuracy_ci_level),
+            "step ms": with_ci(num(r.step_p50), r.step_ci, level=r.step_ci_level),
+        }
+        if energy:
+            row["J/sample"] = num(r.energy_per_sample)
+        row.update({
+            "within-process spread p10-p90 ms": spread_text(r),
+            "CV": cv_text(r),
+            "first step s": num(r.first_step_s),
+            "peak MiB": num(r.peak_mib),
+        })
+        if gpu:
+            row["GPU MiB"] = num(r.gpu_mib)
+            row["GPU util %"] = num(r.gpu_util)
+        row.update({"start s": num(r.start_s), "status": status_text(r)})
+        out.append(row)
+    return out
 
 
 def summary_rows(a: Analysis) -> list[dict[str, str]]:
     """One row per task x backend (every number of the analysis), ranked within a task."""
     out = []
+    energy, gpu = device_columns([r for t in a.tasks for r in t.rows])
     for t in a.tasks:
         for r in sorted(t.rows, key=lambda r: r.position or 10**6):
             out.append({
@@ -357,6 +382,7 @@ def summary_rows(a: Analysis) -> list[dict[str, str]]:
                 "test acc": with_ci(fmt(r.accuracy, ".4f"), r.accuracy_ci, lambda v: f"{v:.4f}",
                                     r.accuracy_ci_level),
                 "train s": num(r.train_s),
+                **({"J/sample": num(r.energy_per_sample)} if energy else {}),
                 "to target s": target_text(t, r),
                 "first step s": num(r.first_step_s),
                 "step ms": with_ci(num(r.step_p50), r.step_ci, level=r.step_ci_level),
@@ -366,6 +392,7 @@ def summary_rows(a: Analysis) -> list[dict[str, str]]:
                 "GFLOP/s": num(r.gflops),
                 "% GEMM peak": num(r.pct_peak, 2),
                 "peak MiB": num(r.peak_mib),
+                **({"GPU MiB": num(r.gpu_mib), "GPU util %": num(r.gpu_util)} if gpu else {}),
                 "start s": num(r.start_s),
                 "CPU/wall": fmt(r.cpu_wall, ".2f"),
                 "status": ", ".join(r.statuses + ([flags_text(r)] if r.flagged else [])) or "ok",
@@ -381,6 +408,10 @@ def significance_lines(a: Analysis) -> list[str]:
 def flag_lines(a: Analysis) -> list[str]:
     """'task: <what a flag means>' for every flagged backend of every task."""
     return [f"{t.task}: {s}" for t in a.tasks for r in t.finished for s in flag_sentences(r)]
+
+
+def unsupported_text(f) -> str:
+    return f"{f.task} / {f.backend}: {f.error or 'no layer named'}"
 
 
 def failed_text(f) -> str:
@@ -452,7 +483,72 @@ def meta_lines(meta: RunMeta, drift: tuple[float, float] | None = None,
 
 
 def run_lines(a: Analysis) -> list[tuple[str, str]]:
-    return meta_lines(a.meta, a.drift_range, len(a.drift_ms))
+    out = meta_lines(a.meta, a.drift_range, len(a.drift_ms))
+    if a.hardware is not None:
+        out.insert(next((i + 1 for i, (k, _) in enumerate(out) if k == "machine"), len(out)),
+                   ("hardware", hardware_text(a)))
+    out += device_lines(a)
+    return out
+
+
+def device_lines(a: Analysis) -> list[tuple[str, str]]:
+    """The run's device and how its energy was measured (nothing for an older run)."""
+    out = []
+    device = a.meta.config.get("device", "cpu")
+    cal = a.meta.calibration
+    found_gpus = [r.gpu for r in a.records if r.gpu is not None and r.gpu.name] or (
+        [cal.gpu] if cal is not None and cal.gpu is not None and cal.gpu.name else [])
+    gpus = sorted({f"{g.name} (driver {g.driver}, CUDA {g.cuda or '?'}, cuDNN {g.cudnn or '?'}, "
+                   f"power limit {num(g.power_limit_w)} W, MIG {g.mig_mode})" for g in found_gpus})
+    if device != "cpu":
+        out.append(("device", f"{device}, one GPU per cell: float32 with TF32 off, no "
+                              "preallocation" + (f"; {'; '.join(gpus)}" if gpus else "")))
+    found = [r.energy for r in a.records if r.energy is not None]
+    if not found:
+        return out
+    measured = next((e for e in found if e.train_j is not None), None)
+    if measured is not None and cal is not None and cal.idle_w is not None:
+        out.append(("energy", f"{measured.source}: counts {measured.counts}; the training phases "
+                              f"minus the idle baseline ({num(cal.idle_w)} W, measured at the "
+                              "start of the run) over the same time, per training sample"))
+    else:
+        why = (cal.idle_reason if measured is not None and cal is not None and cal.idle_reason
+               else next((e.reason for e in found if e.reason), None) or "no counter")
+        out.append(("energy", f"not measured: {why}"))
+    return out
+
+
+def hardware_text(a: Analysis) -> str:
+    """Which hardware fingerprints the cells ran on, and how the report treats them."""
+    h = a.hardware
+    if h is None:
+        return "not recorded"
+    nodes = f"{len(h.nodes)} node(s)" + (f" ({', '.join(n[:12] for n in h.nodes)})" if h.nodes else "")
+    prints = "; ".join(f"hw {k[:8]}: {v.text()}" for k, v in h.fingerprints.items())
+    if h.unknown:
+        prints += ("; " if prints else "") + (f"{h.unknown} record(s) without a fingerprint (an "
+                                              "older fwbench)")
+    if h.groups <= 1:
+        return f"{prints}; {nodes}" if h.fingerprints else prints
+    if h.split:
+        return (f"{h.groups} hardware fingerprints ({prints}; {nodes}): cells measured on "
+                f"different hardware are not ranked together: {and_list(h.split)} "
+                f"{'is' if len(h.split) == 1 else 'are'} reported once per fingerprint "
+                f"(`{hardware_label(h.split[0], next(iter(h.fingerprints), None))}`); "
+                "--mixed-hardware ranks them "
+                "together, labelled")
+    cells = "; ".join(f"{t}/{b} " + ", ".join(f"hw {k[:8]} x{n}" for k, n in c.items())
+                      for (t, b), c in h.mixed.items())
+    return (f"MIXED HARDWARE, ranked together as asked (--mixed-hardware): {h.groups} "
+            f"fingerprints ({prints}; {nodes}); processes per fingerprint: {cells or 'none'}: "
+            "these rankings measure the machines as much as the frameworks")
+
+
+def hardware_warnings(a: Analysis) -> list[str]:
+    """One line for the terminal when the cells ran on more than one fingerprint."""
+    if a.hardware is None or a.hardware.groups <= 1:
+        return []
+    return [f"hardware: {hardware_text(a)}"]
 
 
 # ------------------------------------------------------------------ compare

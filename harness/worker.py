@@ -165,18 +165,30 @@ def train(req, out) -> dict[str, Any]:
     import numpy as np
 
     from . import data, flops, records, spec
+    from . import device as devices
     from .adapter import Backend
 
     task = records.task_from_json(req.task)
     backend = Backend(**dataclasses.asdict(req.backend))
     threads = req.threads
     timing_only = req.timing_only
-    record: dict[str, Any] = {"status": "ok", "error": None}
+    dev = devices.parse(req.device)
+    record: dict[str, Any] = {"status": "ok", "error": None, "device": dev.name}
 
     memory = MemorySampler().start()
+    monitor = devices.monitor(dev)  # before the import: the GPU's memory in use without us
     adapter_cls = backend.load()
     # From the process's creation (interpreter start included) to the framework imported.
     record["import_s"] = time.time() - memory.proc.create_time()
+    missing = adapter_cls.unsupported(task)
+    no_device = adapter_cls.device_unsupported(dev.platform)
+    if missing or no_device:  # said before anything is built or trained: never a mid-run "failed"
+        memory.stop()
+        return records.measurement({
+            **record, "status": "unsupported",
+            "error": (spec.unsupported_text(f"{backend.name} adapter", missing) if missing
+                      else f"{backend.name} adapter: --device {dev}: {no_device}"),
+            "framework_version": adapter_cls.framework_version(), "python": sys.executable})
 
     t = time.perf_counter()
     arrays = data.task_arrays(task, data.load_prepared(req.data_path))
@@ -186,8 +198,9 @@ def train(req, out) -> dict[str, Any]:
     record["baseline_rss_mib"] = baseline / MIB
 
     t = time.perf_counter()
-    adapter = adapter_cls(task, threads, backend.options)
+    adapter = adapter_cls(task, threads, devices.adapter_options(backend.options, dev))
     switch = adapter.flush_denormals() if req.denormals == "flush" else ""
+    record["precision"] = precision_state(adapter, dev)
     adapter.build(spec.init_params(task, req.seed))
     record["setup_s"] = time.perf_counter() - t
     record["framework_version"] = adapter_cls.framework_version()
@@ -201,11 +214,13 @@ def train(req, out) -> dict[str, Any]:
     train_wall = train_cpu = eval_wall = 0.0
     train_peak = eval_peak = 0
     memory.reset_peak()
+    monitor.start()
     for epoch in range(1, epochs + 1):
         losses = []
         batches = spec.train_batches(len(x_train), task.batch_size, req.seed, epoch)
         if timing_only:
             batches = batches[:max_steps]
+        monitor.train_begin()
         wall0, cpu0 = time.perf_counter(), time.process_time()
         progress = lambda step, n, epoch=epoch: _emit(  # noqa: E731
             out, "progress", epoch=epoch, epochs=epochs, step=step, steps=n)
@@ -214,6 +229,7 @@ def train(req, out) -> dict[str, Any]:
             record.update(status="diverged", error=f"loss is {losses[-1]} at epoch {epoch} step {bad}")
         train_wall += time.perf_counter() - wall0
         train_cpu += time.process_time() - cpu0
+        monitor.train_end()
         train_peak = max(train_peak, memory.peak)
         if record["status"] != "ok" or timing_only:
             break
@@ -274,9 +290,41 @@ def train(req, out) -> dict[str, Any]:
         packages=packages(backend),
         python=sys.executable,
     )
+    record.update(device_state(adapter, dev, monitor))
     memory.stop()
     record["memory_timeline"] = [[t, round(rss / MIB, 1)] for t, rss in memory.timeline]
     return records.measurement(record)
+
+
+def precision_state(adapter, dev) -> dict[str, Any]:
+    """The cell's float32 policy: on a GPU, the adapter's switches (TF32 off, applied here,
+    right after construction) and the variables set before the import (``device.worker_env``)."""
+    from . import device as devices
+
+    if not dev.gpu:
+        return {"policy": "float32"}
+    env = devices.worker_env(dev)
+    return {"policy": "float32, TF32 off", **_describe(adapter.device_settings()),
+            "env": {k: os.environ.get(k) for k in env}}
+
+
+def device_state(adapter, dev, monitor) -> dict[str, Any]:
+    """What the device monitor and the adapter measured: energy on every cell (None with the
+    reason where no counter is readable); on a GPU also the GPU, the allocator's and NVML's
+    memory, the utilisation and the framework's own GEMM peak."""
+    from . import device as devices
+
+    monitor.stop()
+    found = monitor.result()
+    if not dev.gpu:
+        return found
+    found["gpu"].update({k: v for k, v in adapter.device_versions().items() if k in ("cuda", "cudnn")})
+    peak = adapter.memory_peak()
+    found["allocator_memory"] = peak or None
+    gflops = devices.time_gemm(adapter.gemm(devices.GEMM_N))
+    found["device_gemm"] = ({"gflops": gflops, "n": devices.GEMM_N, "precision": "float32, TF32 off",
+                             "by": type(adapter).__name__} if gflops else {})
+    return found
 
 
 def probe(req) -> dict[str, Any]:
@@ -285,15 +333,25 @@ def probe(req) -> dict[str, Any]:
     3 optimizer steps on batches 1, 2, 3. Arrays go to one ``.npz`` per task."""
     import numpy as np
 
+    from . import device as devices
     from . import records, spec
     from .adapter import Backend
 
     backend = Backend(**dataclasses.asdict(req.backend))
+    dev = devices.parse(req.device)
     adapter_cls = backend.load()
+    no_device = adapter_cls.device_unsupported(dev.platform)
     for item in req.probes:
         task = records.task_from_json(item.task)
-        adapter = adapter_cls(task, req.threads, backend.options)
+        missing = adapter_cls.unsupported(task)
+        if missing or no_device:  # this task only; the others are probed
+            np.savez(item.probe_path, unsupported=np.array(
+                spec.unsupported_text(f"{backend.name} adapter", missing) if missing
+                else f"{backend.name} adapter: --device {dev}: {no_device}"))
+            continue
+        adapter = adapter_cls(task, req.threads, devices.adapter_options(backend.options, dev))
         adapter.flush_denormals()  # the default policy of runs
+        precision_state(adapter, dev)  # and float32 with TF32 off on a GPU, as in runs
         with np.load(item.batches_path, allow_pickle=False) as z:
             batches = {k: z[k] for k in z.files}
         adapter.build(spec.init_params(task, req.seed))
@@ -302,6 +360,12 @@ def probe(req) -> dict[str, Any]:
         loss, grads = adapter.gradients(batches["x0"], batches["y0"])
         out["loss"] = np.array(loss)
         out.update({f"grad/{k}": v for k, v in grads.items()})
+        if spec.without_dropout(task) is not task:  # the steps without dropout (see the README)
+            adapter = adapter_cls(spec.without_dropout(task), req.threads,
+                                  devices.adapter_options(backend.options, dev))
+            adapter.flush_denormals()
+            precision_state(adapter, dev)
+            adapter.build(spec.init_params(task, req.seed))
         out["step_losses"] = np.array([adapter.train_step(batches[f"x{i}"], batches[f"y{i}"])
                                        for i in (1, 2, 3)])
         out.update({f"params/{k}": v for k, v in adapter.export_params().items()})
@@ -310,11 +374,15 @@ def probe(req) -> dict[str, Any]:
 
 
 def calibrate(req) -> dict[str, Any]:
-    """This machine's float32 GEMM peak with NumPy's BLAS on the cell's cores and threads."""
-    from . import environment, flops
+    """The idle baseline of the run's device (its energy counter over 2 s, before anything
+    runs on it; ``device.idle_power``), then this machine's float32 GEMM peak with NumPy's
+    BLAS on the cell's cores and threads."""
+    from . import device, environment, flops
 
-    return {"status": "ok", "error": None, "gemm_peak_gflops": flops.gemm_peak_gflops(),
-            "blas": environment.blas()}
+    dev = device.parse(req.device)
+    idle = device.idle_power(dev)
+    return {"status": "ok", "error": None, **idle, "gemm_peak_gflops": flops.gemm_peak_gflops(),
+            "blas": environment.blas(), "gpu": device.gpu_info(dev.index) if dev.gpu else None}
 
 
 def drift(req) -> dict[str, Any]:
@@ -355,14 +423,21 @@ def overhead(req) -> dict[str, Any]:
     import numpy as np
 
     from . import data, records, spec
+    from . import device as devices
     from .adapter import Backend
 
     task = records.task_from_json(req.task)
     backend = Backend(**dataclasses.asdict(req.backend))
+    dev = devices.parse(req.device)
     arrays = data.task_arrays(task, data.load_prepared(req.data_path))
     x, y = arrays["x_train"], arrays["y_train"]
-    adapter = backend.load()(task, req.threads, backend.options)
+    adapter_cls = backend.load()
+    no_device = adapter_cls.device_unsupported(dev.platform)
+    if no_device:
+        return {"status": "unsupported", "error": f"{backend.name} adapter: --device {dev}: {no_device}"}
+    adapter = adapter_cls(task, req.threads, devices.adapter_options(backend.options, dev))
     adapter.flush_denormals()  # the default policy of runs
+    precision_state(adapter, dev)  # and float32 with TF32 off on a GPU, as in runs
     adapter.build(spec.init_params(task, 0))
     batches = spec.train_batches(len(x), task.batch_size, 0, 1)[: req.steps]
     gathered = [(x[idx], y[idx]) for idx in batches]
@@ -424,8 +499,19 @@ def idiomatic(req) -> dict[str, Any]:
             "step_ms": [v * 1e3 for v in times[req.warmup:]], "losses": losses}
 
 
+def device_check(req) -> dict[str, Any]:
+    """``fwbench run --device``: whether the backend's installed build can compute there
+    (None, or the one-line reason), asked after the import with the device's environment."""
+    from . import device as devices
+    from .adapter import Backend
+
+    adapter_cls = Backend(**dataclasses.asdict(req.backend)).load()
+    return {"status": "ok", "error": None, "framework_version": adapter_cls.framework_version(),
+            "unsupported": adapter_cls.device_unsupported(devices.parse(req.device).platform)}
+
+
 MODES = {"train": train, "probe": probe, "calibrate": calibrate, "drift": drift,
-         "overhead": overhead, "idiomatic": idiomatic}
+         "overhead": overhead, "idiomatic": idiomatic, "device": device_check}
 
 
 def die_with_parent(parent_pid: int | None) -> None:
@@ -451,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     pin_threads(cfg["cpus"], cfg["threads"])
+    from . import device  # stdlib only: no framework, no NumPy before the pinning above
+
+    device.apply_env(device.parse(cfg.get("device")))  # the GPU (or none) before any import
     try:
         from . import records
 

@@ -42,7 +42,8 @@ def test_a_type_with_a_rule_and_unsupported_or_not_of_the_spec_is_refused():
 def test_dispatch_picks_the_rule_of_the_exact_type():
     rules = spec.LayerRules("p", _rules())
     layers = [spec.Flatten(), spec.Dense(3), spec.Conv2D(2, 3), spec.MaxPool2D(2), spec.ReLU(),
-              spec.Dropout(0.5), spec.Embedding(10, 4), spec.LSTM(8)]
+              spec.Dropout(0.5), spec.Embedding(10, 4), spec.LSTM(8), spec.Conv1D(2, 3),
+              spec.MaxPool1D(2), spec.GRU(4), spec.Bidirectional((spec.GRU(4),))]
     assert {type(layer) for layer in layers} == set(spec.LAYER_TYPES)
     for layer in layers:
         assert rules(layer, 1) == (type(layer), 1)
@@ -66,7 +67,7 @@ def test_an_unsupported_layer_raises_one_line_naming_it():
     rules = spec.LayerRules("toy", dense_only, unsupported=others)
     with pytest.raises(spec.UnsupportedLayer) as err:
         rules(spec.Conv2D(6, 5))
-    assert str(err.value) == "toy: unsupported layer Conv2D(filters=6, kernel=5)"
+    assert str(err.value) == "toy: unsupported layer Conv2D(filters=6, kernel=5, padding='valid')"
     assert isinstance(err.value, TypeError) and err.value.place == "toy"
     assert err.value.item == spec.Conv2D(6, 5)
     opt = spec.OptimizerRules("opt", {spec.Adam: print}, unsupported=(spec.SGDMomentum, spec.RMSprop))

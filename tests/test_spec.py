@@ -4,7 +4,9 @@ import pytest
 from fwbench.harness import spec
 
 
-@pytest.mark.parametrize("task,count", [("mlp", 407_050), ("lenet", 61_706), ("lstm", 1_313_154)])
+@pytest.mark.parametrize("task,count", [("mlp", 407_050), ("lenet", 61_706), ("lstm", 1_313_154),
+                                        ("cnn", 3_274_634), ("gru", 630_538), ("bigru", 987_658),
+                                        ("cnn_gru", 636_586)])
 def test_param_counts(task, count):
     assert spec.param_count(spec.TASKS[task]) == count
 
@@ -37,7 +39,7 @@ def test_init_is_deterministic_per_seed(task):
     for k in a:
         assert a[k].dtype == np.float32
         np.testing.assert_array_equal(a[k], b[k])
-    kernels = [k for k in a if not k.endswith("bias")]
+    kernels = [p.name for p in spec.param_specs(t) if p.init not in ("zeros", "lstm_bias")]
     assert all(not np.array_equal(a[k], c[k]) for k in kernels)
 
 

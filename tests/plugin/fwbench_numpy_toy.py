@@ -18,8 +18,9 @@ BACKEND = Backend(
 )
 
 
-# Unsupported: Conv2D, MaxPool2D, Dropout, Embedding, LSTM (build() refuses such a task).
-_UNSUPPORTED = (spec.Conv2D, spec.MaxPool2D, spec.Dropout, spec.Embedding, spec.LSTM)
+# Unsupported: every other layer type of the spec (build() refuses such a task).
+_UNSUPPORTED = (spec.Conv2D, spec.MaxPool2D, spec.Dropout, spec.Embedding, spec.LSTM,
+                spec.Conv1D, spec.MaxPool1D, spec.GRU, spec.Bidirectional)
 
 # (layer, index, params, activations) -> activations
 FORWARD = spec.LayerRules("numpy-toy", {
@@ -45,6 +46,8 @@ BACKWARD = spec.LayerRules("numpy-toy", {
 
 
 class NumpyAdapter(Adapter):
+    layer_rules = (FORWARD, BACKWARD)
+
     def build(self, params):
         unsupported = spec.unsupported_layers(self.task, FORWARD, BACKWARD)
         if unsupported:
