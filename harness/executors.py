@@ -320,16 +320,24 @@ class RayExecutor:
         probe = ray.remote(_ray_node_info)
         refs = {nid: probe.options(num_cpus=0, scheduling_strategy=self._pinned(nid),
                                    max_retries=0).remote() for nid in with_slots}
-        found = []
+        found: list[NodeInfo] = []
+        gone: list[str] = []
         for nid, ref in refs.items():
             try:
                 found.append(ray.get(ref, timeout=NODE_PROBE_S))
             except ray.exceptions.GetTimeoutError:
                 raise FwbenchError(f"node {nid[:12]} did not answer within {NODE_PROBE_S:g} s") from None
+            except ray.exceptions.TaskUnschedulableError as exc:
+                # Right after a raylet dies the cluster still lists its node as alive; pinning a
+                # task to it is refused: that node is gone, not misconfigured. Skip it.
+                gone.append(f"{nid[:12]} ({_one_line(exc)})")
             except ray.exceptions.RayError as exc:
                 raise FwbenchError(f"node {nid[:12]} cannot run fwbench: {_one_line(exc)}; install "
                                    "the same fwbench in the Python that runs `ray start` there "
                                    "(see docs/cluster.md)") from None
+        if not found:
+            raise FwbenchError(f"no node of the Ray cluster at {self.address} can take a cell: "
+                               + "; ".join(gone))
         mine = fwbench_version()
         other = [f"{n.node[:12]} ({n.fwbench})" for n in found if n.fwbench != mine]
         if other:

@@ -487,8 +487,27 @@ def run_lines(a: Analysis) -> list[tuple[str, str]]:
     if a.hardware is not None:
         out.insert(next((i + 1 for i, (k, _) in enumerate(out) if k == "machine"), len(out)),
                    ("hardware", hardware_text(a)))
+    text = denormal_text(a)
+    if text:
+        out.insert(next((i + 1 for i, (k, _) in enumerate(out) if k == "configuration"), 0),
+                   ("denormals", text))
     out += device_lines(a)
     return out
+
+
+def denormal_text(a: Analysis) -> str:
+    """The run's denormal policy and, per backend, whether its training step flushed (probed
+    in each process after training); '' for runs without the probe."""
+    seen: dict[str, set] = {}
+    for r in a.records:
+        if r.denormals:
+            seen.setdefault(r.backend, set()).add(r.denormals.get("flushed"))
+    if not seen:
+        return ""
+    words = {True: "flushed", False: "NOT flushed", None: "not probed"}
+    parts = [f"{b} " + "/".join(words[f] for f in sorted(fs, key=str)) for b, fs in sorted(seen.items())]
+    policy = a.meta.config.get("denormals") or "?"
+    return f"policy {policy}; in the training step, probed: " + ", ".join(parts)
 
 
 def device_lines(a: Analysis) -> list[tuple[str, str]]:
