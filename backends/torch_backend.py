@@ -9,6 +9,10 @@ matmul, ``bias_ih`` and ``bias_hh``, both trained); ``nn.Conv1d`` weights are th
 [out, in, k], applied to transposed views of the [N, T, C] sequences. Dropout: ``nn.Dropout``
 in ``train()``, masks from torch's RNG (seeded from ``options["seed"]`` when given); every
 probe (logits, gradients, evaluation) runs in ``eval()``, where it is the identity.
+
+``options["float64"]``: the model, its optimizer state and the inputs in float64 (exports stay
+float32). ``fwbench check`` uses it as the ground truth that every backend, this adapter in
+float32 included, is compared with (``parity.REFERENCE``).
 """
 
 from __future__ import annotations
@@ -103,11 +107,7 @@ MODULES = spec.LayerRules("torch adapter: modules", {
 
 def _stack(layers: tuple[spec.Layer, ...], shape: spec.Shape) -> nn.Sequential:
     """The modules of ``layers`` given the canonical shape of one example entering them."""
-    mods = []
-    for layer in layers:
-        mods.append(MODULES(layer, shape))
-        shape = spec.output_shape(layer, shape)
-    return nn.Sequential(*mods)
+    return nn.Sequential(*(MODULES(layer, s) for layer, s in spec.with_shapes(layers, shape)))
 
 
 def build_module(task: spec.Task) -> nn.Sequential:
@@ -272,6 +272,8 @@ class TorchAdapter(Adapter):
             if key.endswith("lstm.bias_hh_l0"):  # LastHidden's frozen second bias (not GRU's)
                 state[key] = torch.zeros_like(state[key])
         self.model.load_state_dict(state)
+        if self.options.get("float64"):
+            self.model.double()
         if self.device is not None:
             self.model.to(self.device)  # before the optimizer: its state follows the parameters
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -282,6 +284,8 @@ class TorchAdapter(Adapter):
         self._training: bool | None = None
 
     def _tensors(self, x: np.ndarray, y: np.ndarray | None = None):
+        if self.options.get("float64") and x.dtype.kind == "f":
+            x = x.astype(np.float64)
         tx = torch.from_numpy(x)
         ty = None if y is None else torch.from_numpy(y.astype(np.int64))
         if self.device is not None:

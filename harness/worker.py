@@ -329,8 +329,9 @@ def device_state(adapter, dev, monitor) -> dict[str, Any]:
 
 def probe(req) -> dict[str, Any]:
     """The parity probe (``fwbench check``): for each task, from the canonical weights, the
-    exported initial weights, logits, loss and gradients on batch 0, then the parameters after
-    3 optimizer steps on batches 1, 2, 3. Arrays go to one ``.npz`` per task."""
+    exported initial weights, logits, loss and gradients on batch 0, then 3 optimizer steps on
+    batches 1, 2, 3 (the gradients at each, taken before its step) and the parameters after
+    them. Arrays go to one ``.npz`` per task."""
     import numpy as np
 
     from . import device as devices
@@ -366,8 +367,12 @@ def probe(req) -> dict[str, Any]:
             adapter.flush_denormals()
             precision_state(adapter, dev)
             adapter.build(spec.init_params(task, req.seed))
-        out["step_losses"] = np.array([adapter.train_step(batches[f"x{i}"], batches[f"y{i}"])
-                                       for i in (1, 2, 3)])
+        losses = []
+        for i in (1, 2, 3):  # each step's gradients first: parity replays the spec's optimizer on them
+            _, grads = adapter.gradients(batches[f"x{i}"], batches[f"y{i}"])
+            out.update({f"step{i}/{k}": v for k, v in grads.items()})
+            losses.append(adapter.train_step(batches[f"x{i}"], batches[f"y{i}"]))
+        out["step_losses"] = np.array(losses)
         out.update({f"params/{k}": v for k, v in adapter.export_params().items()})
         np.savez(item.probe_path, **out)
     return {"status": "ok", "error": None, "framework_version": adapter_cls.framework_version()}
