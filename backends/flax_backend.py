@@ -90,11 +90,7 @@ class GRU(nnx.Module):
 
 
 def _stack(layers: tuple[spec.Layer, ...], shape: spec.Shape, rngs: nnx.Rngs) -> nnx.List:
-    out = []
-    for layer in layers:
-        out.append(MODULES(layer, shape, rngs))
-        shape = spec.output_shape(layer, shape)
-    return nnx.List(out)
+    return nnx.List([MODULES(layer, s, rngs) for layer, s in spec.with_shapes(layers, shape)])
 
 
 class Bidirectional(nnx.Module):

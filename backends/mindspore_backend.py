@@ -134,11 +134,7 @@ CELLS = spec.LayerRules("mindspore adapter: cells", {
 
 def _stack(layers: tuple[spec.Layer, ...], shape: spec.Shape) -> nn.SequentialCell:
     """The cells of ``layers`` given the canonical shape of one example entering them."""
-    cells = []
-    for layer in layers:
-        cells.append(CELLS(layer, shape))
-        shape = spec.output_shape(layer, shape)
-    return nn.SequentialCell(cells)
+    return nn.SequentialCell([CELLS(layer, s) for layer, s in spec.with_shapes(layers, shape)])
 
 
 def build_cell(task: spec.Task) -> nn.SequentialCell:

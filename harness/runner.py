@@ -324,8 +324,10 @@ def _classify_exit(code: int, log_path: Path, oom_before: int | None, last_rss: 
 
 def backend_spec(backend: Backend, config: RunConfig | None = None, seed: int = 0) -> records.BackendSpec:
     options = dict(backend.options)
-    if config is not None and config.deterministic:
-        options.update(deterministic=True, seed=seed)
+    if config is not None:  # the cell's seed seeds its framework's random stream (dropout masks)
+        options["seed"] = seed
+        if config.deterministic:
+            options["deterministic"] = True
     return records.BackendSpec(backend.name, backend.adapter, tuple(backend.requires), options,
                                backend.description, backend.source)
 
@@ -664,7 +666,7 @@ def _run_round(number: int, cells: list[Cell], config: RunConfig, run_dir: Path,
             config.threads, [], backend_spec(backends[cell.backend], config, cell.seed),
             task=records.task_to_json(task), seed=cell.seed, profile=config.profile,
             data_path=str(prepared[task.dataset].resolve()), timing_only=cell.repeat > 0,
-            max_steps=config.timing_steps, denormals=config.denormals, device=config.device)
+            max_steps=min(config.timing_steps, task.timing_steps), denormals=config.denormals, device=config.device)
         env = (envs or {}).get(cell.backend)
         jobs.append(Job(cell.key, request, run_dir / "logs" / f"{cell.key}.log", config.timeout_s,
                         config.memory_limit_gib, env_python(env) if env else None,

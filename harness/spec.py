@@ -59,22 +59,21 @@ class Dense:
 PADDINGS = ("valid", "same")
 
 
-def _check_padding(layer: Conv2D | Conv1D) -> None:
-    if layer.padding not in PADDINGS:
-        raise ValueError(f"{type(layer).__name__}: padding {layer.padding!r}, expected one of {PADDINGS}")
-
-
 @dataclass(frozen=True)
-class Conv2D:
-    """Stride 1. ``padding`` "valid": no padding; "same": output H, W unchanged, with
-    (k-1)//2 zeros before and k//2 after on each spatial axis."""
-
+class _Conv:
     filters: int
     kernel: int
     padding: str = "valid"
 
     def __post_init__(self) -> None:
-        _check_padding(self)
+        if self.padding not in PADDINGS:
+            raise ValueError(f"{type(self).__name__}: padding {self.padding!r}, expected one of {PADDINGS}")
+
+
+@dataclass(frozen=True)
+class Conv2D(_Conv):
+    """Stride 1. ``padding`` "valid": no padding; "same": output H, W unchanged, with
+    (k-1)//2 zeros before and k//2 after on each spatial axis."""
 
 
 @dataclass(frozen=True)
@@ -110,16 +109,9 @@ class LSTM:
 
 
 @dataclass(frozen=True)
-class Conv1D:
+class Conv1D(_Conv):
     """Over sequences [T, C] (channels last), stride 1, cross-correlation; kernel [out, in, k].
     ``padding`` as Conv2D's, on the time axis."""
-
-    filters: int
-    kernel: int
-    padding: str = "valid"
-
-    def __post_init__(self) -> None:
-        _check_padding(self)
 
 
 @dataclass(frozen=True)
@@ -405,6 +397,7 @@ class Task:
     num_classes: int
     loss: str = "softmax_cross_entropy"  # on logits, mean over the batch
     eval_batch: int = EVAL_BATCH
+    timing_steps: int = 200  # steps of one timing-only repeat (its first step is not counted)
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -432,11 +425,15 @@ _COURSE_ADAM = Adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7)
 # step (flops.train_step_flops): cnn 42.7 GFLOP (its two convs 32.8, the issue's "~30"), gru
 # 31.6, bigru 62.4, cnn_gru 16.7. PyTorch on 2 threads took about 1.03, 0.25, 0.52 and 0.13 s
 # a step (one measurement of 5 steps on a quiet machine: an estimate), so ~4 min for one epoch
-# of all four; at ~1.5x that for the mean backend, ~30 min for all four on five backends. A full
-# cell is 3 seeds x 1 epoch + 7 timing repeats of min(200, 117) steps = ~10 epochs: ~5 h, and
-# the 3 seeds alone ~1.5 h. The issue's "about an hour" is out of reach with the full profile's
-# repeats even at 1 epoch; more epochs only make it worse.
+# of all four; at ~1.5x that for the mean backend, ~30 min for all four on five backends. The
+# timing-only repeats run _COURSE_TIMING_STEPS steps each, not the default 200 (19 counted
+# steps: the process is the unit of replication, its median steadies in fewer steps than a
+# 1-s step's 200 would cost). A full cell is 3 seeds x 117 + 7 x 20 steps = ~4.2 epochs:
+# ~2 h for the four tasks on five backends, ~1.4 h of it the 3 seeds' one epoch each; a quick
+# cell 117 + 6 x 20 (~50 min). The issue's "about an hour" would need less than the original's
+# one epoch per seed; not done.
 _COURSE_EPOCHS = {"cnn": 1, "gru": 1, "bigru": 1, "cnn_gru": 1}
+_COURSE_TIMING_STEPS = 20
 _COURSE_STEP_S = {"cnn": 1.03, "gru": 0.25, "bigru": 0.52, "cnn_gru": 0.13}  # PyTorch, 2 threads
 # Provisional: one PyTorch seed (canonical init, the task's batches) after 1 epoch reached
 # _COURSE_SEEN; each target is set a little below it.
@@ -448,10 +445,10 @@ def _course_notes(name: str) -> tuple[str, ...]:
     return (
         f"target provisional: not yet measured with 3 seeds; one PyTorch seed reached "
         f"{_COURSE_SEEN[name]:.4f} after 1 epoch",
-        f"full profile: {_COURSE_EPOCHS[name]} epoch (as the original) of 117 steps; PyTorch took "
-        f"~{_COURSE_STEP_S[name]} s a step on 2 threads (an estimate); a full run of the four "
-        "course tasks on five backends is ~5 h on 2 cores (3 seeds + 7 timing repeats of an "
-        "epoch each), the 3 seeds alone ~1.5 h: see spec.py",
+        f"full profile: {_COURSE_EPOCHS[name]} epoch (as the original) of 117 steps; timing-only "
+        f"repeats of {_COURSE_TIMING_STEPS} steps; PyTorch took ~{_COURSE_STEP_S[name]} s a step on 2 "
+        "threads (an estimate); a full run of the four course tasks on five backends is ~2 h on "
+        "2 cores, ~1.4 h of it the 3 seeds' one epoch each: see spec.py",
     )
 
 
@@ -520,6 +517,7 @@ TASKS: dict[str, Task] = {
         optimizer=_COURSE_ADAM,
         batch_size=512,
         epochs_full=_COURSE_EPOCHS["cnn"],
+        timing_steps=_COURSE_TIMING_STEPS,
         target_accuracy=_COURSE_TARGETS["cnn"],
         num_classes=10,
         source=_COURSE_SOURCE,
@@ -536,6 +534,7 @@ TASKS: dict[str, Task] = {
         optimizer=_COURSE_ADAM,
         batch_size=512,
         epochs_full=_COURSE_EPOCHS["gru"],
+        timing_steps=_COURSE_TIMING_STEPS,
         target_accuracy=_COURSE_TARGETS["gru"],
         num_classes=10,
         source=_COURSE_SOURCE,
@@ -553,6 +552,7 @@ TASKS: dict[str, Task] = {
         optimizer=_COURSE_ADAM,
         batch_size=512,
         epochs_full=_COURSE_EPOCHS["bigru"],
+        timing_steps=_COURSE_TIMING_STEPS,
         target_accuracy=_COURSE_TARGETS["bigru"],
         num_classes=10,
         source=_COURSE_SOURCE,
@@ -570,6 +570,7 @@ TASKS: dict[str, Task] = {
         optimizer=_COURSE_ADAM,
         batch_size=512,
         epochs_full=_COURSE_EPOCHS["cnn_gru"],
+        timing_steps=_COURSE_TIMING_STEPS,
         target_accuracy=_COURSE_TARGETS["cnn_gru"],
         num_classes=10,
         source=_COURSE_SOURCE,
@@ -660,17 +661,19 @@ def output_shape(layer: Layer, shape: Shape) -> Shape:
     return _OUTPUT_SHAPE(layer, shape)
 
 
-def layer_inputs(task: Task) -> list[tuple[int, Layer, Shape]]:
-    """(index, layer, shape of one example entering the layer) for each layer of ``task``.
-
-    The walk every model builder does: most layers need their input's size.
-    """
+def with_shapes(layers: Iterable[Layer], shape: Shape) -> list[tuple[Layer, Shape]]:
+    """(layer, shape of one example entering it) along ``layers`` from input ``shape``: the
+    walk every model builder does (most layers need their input's size)."""
     out = []
-    shape = task.input_shape
-    for i, layer in enumerate(task.layers):
-        out.append((i, layer, shape))
+    for layer in layers:
+        out.append((layer, shape))
         shape = output_shape(layer, shape)
     return out
+
+
+def layer_inputs(task: Task) -> list[tuple[int, Layer, Shape]]:
+    """(index, layer, shape of one example entering the layer) for each layer of ``task``."""
+    return [(i, layer, shape) for i, (layer, shape) in enumerate(with_shapes(task.layers, task.input_shape))]
 
 
 def _dense_params(layer: Dense, i: int, shape: Shape) -> list[ParamSpec]:

@@ -16,12 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fwbench.harness import device, environment, records, runner
-from fwbench.harness.adapter import Adapter, Backend
+from fwbench.harness.adapter import Backend
 from fwbench.harness.errors import FwbenchError
+
+from toy_backend import _Base as ToyBase  # build, evaluate, logits, gradients that learn nothing
 
 TESTS = Path(__file__).parent
 # What the worker had set when it imported the adapter's module (= the framework import).
@@ -33,34 +34,15 @@ ENV_AT_IMPORT = {k: os.environ.get(k) for k in (
 # ------------------------------------------------------------------ toy adapters
 
 
-class CpuOnly(Adapter):
+class CpuOnly(ToyBase):
     """Learns nothing, runs anywhere the base class says: the CPU only."""
-
-    def build(self, params):
-        self.params = {k: v.copy() for k, v in params.items()}
 
     def train_step(self, x, y):
         time.sleep(0.002)
         return 1.0
 
-    def evaluate(self, x, y):
-        return float(len(y)), int((y == 0).sum())
-
-    def logits(self, x):
-        return np.zeros((len(x), self.task.num_classes), np.float32)
-
-    def gradients(self, x, y):
-        return 1.0, {k: np.zeros_like(v) for k, v in self.params.items()}
-
-    def export_params(self):
-        return self.params
-
     def thread_settings(self):
         return {"env_at_import": ENV_AT_IMPORT, "options_device": self.options.get("device")}
-
-    @classmethod
-    def framework_version(cls):
-        return "0-toy"
 
 
 class FakeGpu(CpuOnly):
