@@ -736,12 +736,18 @@ def backend_order(meta: RunMeta, recs: list[CellRecord]) -> list[str]:
 
 
 def framework_versions(run: Run, order: list[str]) -> dict[str, str]:
-    """backend -> the framework version(s) its records report, else its packages in run.json."""
+    """backend -> the packages its workers imported (its records' ``packages``: the frameworks,
+    NumPy, its own distributions; not fwbench), else its framework version(s), else its
+    packages in run.json. With ``--envs isolated`` they differ per backend."""
     out = {}
     for b in order:
-        found = sorted({r.framework_version for r in run.records if r.backend == b and r.framework_version})
+        mine = [r for r in run.records if r.backend == b]
+        packages = next((r.packages for r in mine if r.packages), {})
+        found = sorted({r.framework_version for r in mine if r.framework_version})
         info = run.meta.backends.get(b)
-        out[b] = ", ".join(found) or (", ".join(f"{k} {v}" for k, v in info.requires.items()) if info else "")
+        out[b] = (", ".join(f"{k} {v}" for k, v in packages.items() if v and k not in ("fwbench", "pandas"))
+                  or ", ".join(found)
+                  or (", ".join(f"{k} {v}" for k, v in info.requires.items()) if info else ""))
     return out
 
 

@@ -445,9 +445,10 @@ def _run_with_progress(config, run_dir: Path, known: dict[str, Backend], force_r
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
                         transient=False)
     ids: dict[str, int] = {}
+    task_w = max((len(t) for t in config.tasks), default=6)
 
     def on_event(e: runner.CellEvent) -> None:
-        label = f"{e.cell.task:<6} {e.cell.backend:<18} " + (
+        label = f"{e.cell.task:<{task_w}} {e.cell.backend:<18} " + (
             f"repeat {e.cell.repeat}" if e.cell.repeat else f"seed {e.cell.seed}")
         if e.kind == "start":
             ids[e.cell.key] = progress.add_task(label, total=None, note="starting")
@@ -773,6 +774,8 @@ def check_cmd(
                       highlight=False)
     if not all(r.ok for r in rows):
         raise typer.Exit(1)
+    if all(r.unsupported for r in rows):  # e.g. --device cuda with no backend able to use it
+        raise FwbenchError("nothing was compared: every backend declared every task unsupported")
 
 
 # ------------------------------------------------------------------ per-backend envs
@@ -807,8 +810,8 @@ def _print_envs(env_map: dict) -> None:
             continue
         pkgs = ", ".join(f"{k} {v}" for k, v in info.packages.items()
                          if k.lower() in environment.PACKAGES and k.lower() != "fwbench")
-        console.print(f"[dim]env {escape(name)}: {escape(info.path)} (Python {info.python}; "
-                      f"{escape(pkgs)})[/]", highlight=False, soft_wrap=True)
+        console.print(f"[dim]env {escape(name)}: {escape(info.path)}[/]", highlight=False, soft_wrap=True)
+        console.print(f"[dim]  Python {info.python}; {escape(pkgs)}[/]", highlight=False)
 
 
 def _create_envs(names: list[str], known: dict[str, Backend], root: Path) -> None:

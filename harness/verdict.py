@@ -484,6 +484,12 @@ def meta_lines(meta: RunMeta, drift: tuple[float, float] | None = None,
 
 def run_lines(a: Analysis) -> list[tuple[str, str]]:
     out = meta_lines(a.meta, a.drift_range, len(a.drift_ms))
+    if any(info.env is not None for info in a.meta.backends.values()):  # --envs isolated
+        out = [("runner packages" if k == "packages" else k, v) for k, v in out]
+    versions = "; ".join(f"{b}: {v}" for b, v in a.versions.items() if v)
+    if versions:
+        out.insert(next((i + 1 for i, (k, _) in enumerate(out) if k.endswith("packages")), len(out)),
+                   ("backend packages", versions))
     if a.hardware is not None:
         out.insert(next((i + 1 for i, (k, _) in enumerate(out) if k == "machine"), len(out)),
                    ("hardware", hardware_text(a)))

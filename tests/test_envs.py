@@ -256,6 +256,11 @@ def test_isolated_env_runs_a_cell_and_the_check_with_its_own_packages(torch_env,
     assert info["path"] == str(env.path) and info["key"] == env.key
     assert info["packages"]["torch"] == installed["torch"] == meta["backends"]["torch"]["requires"]["torch"]
     assert info["python"] == env.manifest["python"]
+    from fwbench.harness import analysis, verdict  # the report names the env's versions
+
+    lines = dict(verdict.run_lines(analysis.analyze(out)))
+    assert f"torch: numpy {installed['numpy']}, torch {installed['torch']}" in lines["backend packages"]
+    assert "runner packages" in lines and "packages" not in lines
 
     check = fwbench("check", "--envs", "isolated", "--backends", "torch", "--tasks", "mlp",
                     envs_dir=root)

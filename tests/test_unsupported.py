@@ -76,6 +76,13 @@ def test_check_shows_unsupported_and_passes(toy_env):
     assert "bigru/numpy-toy: numpy-toy adapter: unsupported layer Bidirectional(" in text
 
 
+def test_check_with_nothing_to_compare_fails_in_one_line(toy_env):
+    check = fwbench(toy_env, "check", "--backends", "numpy-toy", "--tasks", "bigru")
+    assert check.returncode == 2, check.stdout + check.stderr
+    assert check.stderr.strip().splitlines()[-1] == (
+        "fwbench: error: nothing was compared: every backend declared every task unsupported")
+
+
 def test_verdict_separates_unsupported_from_failures():
     from fwbench.harness import verdict
     from fwbench.harness.analysis import BackendResult, TaskResult
