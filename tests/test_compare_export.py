@@ -15,6 +15,8 @@ import pytest
 
 from fwbench.harness import analysis, compare, records, stats, tables
 
+from run_copies import derived_run
+
 FIX = Path(__file__).parent / "fixtures"
 SINGLE, RUN_A, RUN_B = FIX / "run-single", FIX / "run-a", FIX / "run-b"
 FAST, SLOW = "numpy-learner", "numpy-learner-slow"
@@ -37,21 +39,6 @@ def verdict_of(stdout: str, task: str, backend: str) -> str:
                      row(stdout, task, backend)).group(1)
 
 
-def derived(tmp_path: Path, src: Path, name: str, edit=None, edit_meta=None) -> Path:
-    """A copy of ``src`` written with fwbench's own writers; ``edit(record)`` may change a
-    record in place or return False to drop it, ``edit_meta(meta)`` run.json."""
-    run = records.load_run(src)
-    out = tmp_path / name
-    out.mkdir()
-    if edit_meta:
-        edit_meta(run.meta)
-    records.write_meta(out, run.meta)
-    for r in run.records:
-        if edit is None or edit(r) is not False:
-            records.append_record(out / records.RESULTS, r)
-    return out
-
-
 def slowed_machine(tmp_path: Path, src: Path, factor: float, probes: bool = True) -> Path:
     """``src`` as if the whole machine had been ``factor`` slower: every step and every drift
     probe scaled (``probes=False``: the probes dropped, so no drift can be estimated)."""
@@ -64,7 +51,7 @@ def slowed_machine(tmp_path: Path, src: Path, factor: float, probes: bool = True
     def meta(m):
         m.drift_probes = [dataclasses.replace(p, median_ms=p.median_ms * factor)
                           for p in m.drift_probes] if probes else []
-    return derived(tmp_path, src, f"slowed-{factor}-{probes}", edit, meta)
+    return derived_run(tmp_path, src, f"slowed-{factor}-{probes}", edit, meta)
 
 
 def test_compare_finds_the_real_regression():
@@ -155,7 +142,7 @@ def test_a_slower_machine_is_inconclusive_not_a_regression(tmp_path):
     assert "machine drift (drift probes, B/A): 1.300x [" in r.stdout
     # the same slowdown without drift probes: nothing to blame but the code
     bare = slowed_machine(tmp_path, RUN_A, 1.3, probes=False)
-    no_probes = derived(tmp_path, RUN_A, "no-probes", edit_meta=lambda m: setattr(m, "drift_probes", []))
+    no_probes = derived_run(tmp_path, RUN_A, "no-probes", edit_meta=lambda m: setattr(m, "drift_probes", []))
     r = fwbench("compare", no_probes, bare, "--fail-on-regression", "5")
     assert r.returncode == 1 and f"regression: lenet/{SLOW}" in r.stderr
     assert "machine drift: not corrected, too few drift probes (0 in A, 0 in B; needs 3 each)" in r.stdout
@@ -163,7 +150,7 @@ def test_a_slower_machine_is_inconclusive_not_a_regression(tmp_path):
 
 def test_too_few_processes_never_fail(tmp_path):
     two = lambda r: False if r.repeat or r.seed > 1 else None  # noqa: E731 - 2 seeds, no repeats
-    a, b = derived(tmp_path, RUN_A, "a2", two), derived(tmp_path, RUN_B, "b2", two)
+    a, b = derived_run(tmp_path, RUN_A, "a2", two), derived_run(tmp_path, RUN_B, "b2", two)
     result = compare.compare(a, b, 5)
     assert all(c.verdict == analysis.TOO_FEW and c.p_value is None and c.ratio_ci is None
                for c in result.changes)

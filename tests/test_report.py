@@ -20,6 +20,8 @@ import pytest
 from rich.console import Console
 
 from fwbench.harness import analysis, records, report, spec, stats, terminal, verdict
+
+from run_copies import derived_run
 from fwbench.harness.html_report import html_report, scatter_points
 
 TESTS = Path(__file__).parent
@@ -31,21 +33,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 PLOTS_PER_TASK = 5  # accuracy by epoch, by time, throughput, memory, accuracy vs speed
 REGENERATE = "regenerate the fixtures: python scripts/make_fixtures.py"
 TIMEOUT = records.load_meta(SINGLE).config["timeout_s"]  # of run-single's hanging cell
-
-
-def derived_run(tmp_path: Path, src: Path, name: str, edit=None, edit_meta=None) -> Path:
-    """A copy of the run ``src`` written with fwbench's own writers; ``edit(record)`` may
-    change a record in place or return False to drop it, ``edit_meta(meta)`` run.json."""
-    run = records.load_run(src)
-    out = tmp_path / name
-    out.mkdir()
-    if edit_meta:
-        edit_meta(run.meta)
-    records.write_meta(out, run.meta)
-    for r in run.records:
-        if edit is None or edit(r) is not False:
-            records.append_record(out / records.RESULTS, r)
-    return out
 
 
 def renamed_run(tmp_path: Path, src: Path, names: dict[str, str]) -> Path:
