@@ -185,6 +185,7 @@ class TorchAdapter(Adapter):
             pass
         self.names = canonical_to_torch(task)
         self.device = torch.device("cuda") if self.gpu else None  # None: the CPU, no .to()
+        self.float64 = bool(self.options.get("float64"))  # read once: _tensors runs every step
         if self.options.get("deterministic"):
             torch.use_deterministic_algorithms(True)
         if self.options.get("deterministic") or "seed" in self.options:
@@ -272,7 +273,7 @@ class TorchAdapter(Adapter):
             if key.endswith("lstm.bias_hh_l0"):  # LastHidden's frozen second bias (not GRU's)
                 state[key] = torch.zeros_like(state[key])
         self.model.load_state_dict(state)
-        if self.options.get("float64"):
+        if self.float64:
             self.model.double()
         if self.device is not None:
             self.model.to(self.device)  # before the optimizer: its state follows the parameters
@@ -284,7 +285,7 @@ class TorchAdapter(Adapter):
         self._training: bool | None = None
 
     def _tensors(self, x: np.ndarray, y: np.ndarray | None = None):
-        if self.options.get("float64") and x.dtype.kind == "f":
+        if self.float64 and x.dtype.kind == "f":
             x = x.astype(np.float64)
         tx = torch.from_numpy(x)
         ty = None if y is None else torch.from_numpy(y.astype(np.int64))
