@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from . import spec
+from . import plugins, spec
 
 ENTRY_POINT_GROUP = "fwbench.backends"
 
@@ -196,33 +196,18 @@ def discover(warn: Callable[[str], None] | None = None) -> dict[str, Backend]:
     stderr), so one broken plugin never breaks every command.
     """
     warn = warn or (lambda message: None)
-    points = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
-                    key=lambda ep: (_dist_name(ep) != "fwbench", _dist_name(ep), ep.name))
     found: dict[str, Backend] = {}
-    for ep in points:
-        dist = _dist_name(ep)
-        where = f"plugin {dist or '?'} (entry point {ep.name!r})"
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any error in a plugin's import
-            warn(f"{where} failed to load: {type(exc).__name__}: {' '.join(str(exc).split())}; skipped")
-            continue
-        items = obj if isinstance(obj, (list, tuple)) else [obj]
-        for b in items:
+    for entry in plugins.load(ENTRY_POINT_GROUP, warn):
+        for b in entry.items:
             if not isinstance(b, Backend):
-                warn(f"{where} is not an fwbench Backend ({type(b).__name__}); skipped")
+                warn(f"{entry.where} is not an fwbench Backend ({type(b).__name__}); skipped")
                 continue
-            if dist != "fwbench" and b.source == "built-in":
-                version = getattr(getattr(ep, "dist", None), "version", "?")
-                b = dataclasses.replace(b, source=f"plugin {dist} {version}")
+            if entry.dist != "fwbench" and b.source == "built-in":
+                b = dataclasses.replace(b, source=f"plugin {entry.dist} {entry.version}")
             if b.name in found:
-                warn(f"{where} registers backend {b.name!r}, already registered by "
+                warn(f"{entry.where} registers backend {b.name!r}, already registered by "
                      f"{found[b.name].source}; ignored")
                 continue
             found[b.name] = b
     return dict(sorted(found.items()))
 
-
-def _dist_name(ep: md.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.name if dist is not None else ""

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata as md
 import typing
 from dataclasses import dataclass
 from typing import Callable
 
-from . import data, spec
+from . import data, plugins, spec
 from .errors import FwbenchError
 
 ENTRY_POINT_GROUP = "fwbench.tasks"
@@ -55,24 +54,14 @@ def discover(warn: Callable[[str], None] | None = None) -> Registry:
         if warn is not None:
             warn(message)
 
-    points = sorted(md.entry_points(group=ENTRY_POINT_GROUP),
-                    key=lambda ep: (_dist_name(ep), ep.name))
     loaded: list[tuple[str, str, object]] = []  # (where, source, item)
-    for ep in points:
-        dist = _dist_name(ep) or "?"
-        where = f"plugin {dist} (entry point {ep.name!r})"
-        try:
-            obj = ep.load()
-        except Exception as exc:  # noqa: BLE001 - any error in a plugin's import
-            note(f"{where} failed to load: {type(exc).__name__}: {' '.join(str(exc).split())}; skipped")
-            continue
-        version = getattr(getattr(ep, "dist", None), "version", "?")
-        for item in obj if isinstance(obj, (list, tuple)) else [obj]:
+    for entry in plugins.load(ENTRY_POINT_GROUP, note):
+        for item in entry.items:
             if not isinstance(item, (spec.Task, data.DataSet, data.Preprocessing)):
-                note(f"{where} registers a {type(item).__name__}, not an fwbench Task, DataSet "
-                     "or Preprocessing; skipped")
+                note(f"{entry.where} registers a {type(item).__name__}, not an fwbench Task, "
+                     "DataSet or Preprocessing; skipped")
                 continue
-            loaded.append((where, f"plugin {dist} {version}", item))
+            loaded.append((entry.where, f"plugin {entry.dist or '?'} {entry.version}", item))
 
     datasets: dict[str, data.DataSet] = {}
     preprocessings: dict[str, data.Preprocessing] = {}
@@ -143,10 +132,6 @@ def task_problem(task: spec.Task, datasets: dict[str, data.DataSet] | None = Non
         return f"cannot be built: {' '.join(str(exc).split())}"
     return ""
 
-
-def _dist_name(ep: md.EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return dist.name if dist is not None else ""
 
 
 @functools.cache
