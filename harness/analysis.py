@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import records, stats
+from . import environment, records, stats
 from .records import CellRecord, Run, RunMeta
 
 # ------------------------------------------------------------------ the statistics seam
@@ -745,7 +745,7 @@ def framework_versions(run: Run, order: list[str]) -> dict[str, str]:
         packages = next((r.packages for r in mine if r.packages), {})
         found = sorted({r.framework_version for r in mine if r.framework_version})
         info = run.meta.backends.get(b)
-        out[b] = (", ".join(f"{k} {v}" for k, v in packages.items() if v and k not in ("fwbench", "pandas"))
+        out[b] = (", ".join(f"{k} {v}" for k, v in packages.items() if v and k not in environment.RUNNER_ONLY)
                   or ", ".join(found)
                   or (", ".join(f"{k} {v}" for k, v in info.requires.items()) if info else ""))
     return out

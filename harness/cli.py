@@ -809,7 +809,7 @@ def _print_envs(env_map: dict) -> None:
         if "#" in name:
             continue
         pkgs = ", ".join(f"{k} {v}" for k, v in info.packages.items()
-                         if k.lower() in environment.PACKAGES and k.lower() != "fwbench")
+                         if k.lower() in environment.PACKAGES and k.lower() not in environment.RUNNER_ONLY)
         console.print(f"[dim]env {escape(name)}: {escape(info.path)}[/]", highlight=False, soft_wrap=True)
         console.print(f"[dim]  Python {info.python}; {escape(pkgs)}[/]", highlight=False)
 

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 PACKAGES = ("fwbench", "numpy", "pandas", "torch", "tensorflow", "keras", "mindspore", "jax",
             "jaxlib", "flax", "optax")
+# The harness's own (the "runner packages" line): not what a backend's numbers depend on, so
+# a backend's "packages" line leaves them out (analysis.framework_versions).
+RUNNER_ONLY = ("fwbench", "pandas")
 # "TF_" alone would also catch unrelated tools' variables (Terraform's TF_CLI_CONFIG_FILE).
 PERF_ENV_PREFIXES = ("OMP_", "MKL_", "OPENBLAS_", "XLA_", "TF_NUM_", "TF_ENABLE_", "TF_CPP_",
                      "TF_XLA_", "TF_DETERMINISTIC", "TF_FORCE_", "TF_GPU_", "KMP_", "GOMP_",
