@@ -707,7 +707,7 @@ class RunMeta:
     tasks: dict[str, dict[str, Any]]  # task name -> task_to_json
     calibration: Calibration | None = None
     resumed: list[Resumption] = field(default_factory=list)
-    noise_at_start: dict[str, Any] = field(default_factory=dict)  # noise.Busy, the 1 s probe
+    noise_at_start: dict[str, Any] = field(default_factory=dict)  # runner._noise_guard: last look
     drift_probes: list[DriftProbe] = field(default_factory=list)
     stopping: dict[str, Stopping] = field(default_factory=dict)  # "task/backend" -> why
 

@@ -569,9 +569,14 @@ def _energy(record: CellRecord, calibration: records.Calibration | None, batch: 
 
 def _noise_guard(config: RunConfig, executor: Any, meta: RunMeta,
                  on_status: Callable[[str], None]) -> None:
-    """Watch the run's cores for 1 s (on every node): refuse a busy machine (smoke runs and
-    --allow-busy only warn), and record what was seen."""
+    """Watch the run's cores for 1 s (on every node): refuse a machine busy then and again
+    over the next 2 s (smoke runs and --allow-busy only warn, after the first look), and
+    record what was seen last. The second look lets a blip through (a short command that
+    overlapped the first second), not a load that lasts."""
     seen = executor.noise(config.threads, 1.0)
+    looks = 1
+    if any(b.busy for b in seen.values()) and not (config.allow_busy or config.profile == "smoke"):
+        seen, looks = executor.noise(config.threads, 2.0), 2
     if len(seen) == 1:
         (busy,) = seen.values()
         meta.noise_at_start = {**records.to_json(busy), "busy": busy.busy, "text": busy.text(),
@@ -581,10 +586,12 @@ def _noise_guard(config: RunConfig, executor: Any, meta: RunMeta,
             "busy": any(b.busy for b in seen.values()), "allowed": config.allow_busy,
             "text": "; ".join(f"node {n[:12]}: {b.text()}" for n, b in seen.items()),
             "nodes": {n: {**records.to_json(b), "busy": b.busy} for n, b in seen.items()}}
+    meta.noise_at_start["looks"] = looks
     if not meta.noise_at_start["busy"]:
         return
     where = "machine" if len(seen) == 1 else "cluster"
-    message = f"the {where} is busy: {meta.noise_at_start['text']}"
+    again = " (and again over the next 2 s)" if looks == 2 else ""
+    message = f"the {where} is busy{again}: {meta.noise_at_start['text']}"
     if config.allow_busy or config.profile == "smoke":
         on_status(f"warning: {message}; timings will be noisy")
         return

@@ -321,3 +321,45 @@ def test_torch_compile_workers_die_with_the_runner(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     _wait(lambda: not _alive([k.pid for k in kids + deeper]), 20)
+
+
+class _Looks:
+    """An executor whose noise probe reports the given loads (cores of other processes), one per
+    look, and records each look's seconds."""
+
+    def __init__(self, *others_cores):
+        self.left, self.seconds = list(others_cores), []
+
+    def noise(self, threads, seconds):
+        from fwbench.harness import noise
+
+        self.seconds.append(seconds)
+        o = self.left.pop(0)
+        return {"local": noise.Busy(seconds, (0,), o + 0.1, 0.1, o, o, 0.0, 0.0, 1.0, ())}
+
+
+@pytest.mark.parametrize("loads, refused, looks", [
+    ((0.0,), False, [1.0]),  # quiet: one look
+    ((0.5, 0.0), False, [1.0, 2.0]),  # a blip: let through on the second look
+    ((0.5, 0.5), True, [1.0, 2.0]),  # a load that lasts: refused
+])
+def test_noise_guard_looks_twice_before_refusing(loads, refused, looks):
+    meta = type("Meta", (), {"noise_at_start": {}})()
+    executor = _Looks(*loads)
+    cfg = dataclasses.replace(config(["constant"]), profile="quick")
+    if refused:
+        with pytest.raises(FwbenchError, match=r"busy \(and again over the next 2 s\): cores 0 over 2.00 s: other processes used 0.50"):
+            runner._noise_guard(cfg, executor, meta, lambda s: None)
+    else:
+        runner._noise_guard(cfg, executor, meta, lambda s: None)
+    assert executor.seconds == looks and meta.noise_at_start["looks"] == len(looks)
+    assert meta.noise_at_start["busy"] is refused
+
+
+def test_noise_guard_smoke_and_allow_busy_warn_after_one_look():
+    for cfg in (config(["constant"]), dataclasses.replace(config(["constant"]), profile="quick", allow_busy=True)):
+        meta, said = type("Meta", (), {"noise_at_start": {}})(), []
+        executor = _Looks(0.5)
+        runner._noise_guard(cfg, executor, meta, said.append)
+        assert executor.seconds == [1.0] and meta.noise_at_start["busy"] is True
+        assert said and said[0].startswith("warning: the machine is busy: cores 0 over 1.00 s: other processes used 0.50")
