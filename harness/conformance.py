@@ -5,7 +5,8 @@
 
 Checks: the backend is registered and installed; its adapter implements the interface; the
 canonical weights survive the round trip into the framework and back exactly; it matches the
-NumPy reference and the PyTorch reference (``fwbench check``); and it is deterministic: the
+NumPy reference, PyTorch in float64 and the optimizer replayed on its own gradients
+(``fwbench check``); and it is deterministic: the
 same seed gives the same logits, gradients and parameters twice.
 """
 
