@@ -427,7 +427,7 @@ _COURSE_ADAM = Adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7)
 # not the default 200 (19 counted steps: the process is the unit of replication; 200 steps of
 # a 0.6-s step would cost 2 min a process). Measured, a full run of the four on the five
 # backends (3 seeds x 117 steps + 7 repeats x 20 steps a cell, 200 processes, 2 threads, quiet):
-# 1 h 55 min (the seeds' training 69 min, the timing repeats 46 min); a quick one (1 seed + 6
+# 1 h 55 min (the seeds' training 70 min, the timing repeats 45 min); a quick one (1 seed + 6
 # repeats) is ~1 h by the same figures. About an hour for the full profile would need less than
 # the original's one epoch per seed, whose accuracies the targets below are: not done.
 # _COURSE_STEP_S: step time (median over a backend's 10 processes) of the fastest and slowest

@@ -67,7 +67,7 @@ def test_course_tasks_follow_the_issue():
         t = spec.TASKS[name]
         assert t.dataset == "mnist" and t.batch_size == 512 and t.num_classes == 10
         assert t.optimizer == spec.Adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7)
-        assert any("3 of 3 seeds" in note for note in t.notes)  # the target's measured source
+        assert any("all 15 seeds" in note for note in t.notes)  # the target's measured source
         assert t.timing_steps == 20 and t.epochs_full == 1
     assert spec.TASKS["cnn"].preprocessing == "mnist_scaled"
     assert {spec.TASKS[n].preprocessing for n in COURSE[1:]} == {"mnist_rows"}
