@@ -210,4 +210,3 @@ def discover(warn: Callable[[str], None] | None = None) -> dict[str, Backend]:
                 continue
             found[b.name] = b
     return dict(sorted(found.items()))
-

@@ -567,16 +567,20 @@ def _energy(record: CellRecord, calibration: records.Calibration | None, batch: 
         record.energy.train_j, idle, record.train_time_s, samples)
 
 
+SECOND_LOOK_S = 2.0  # how long the busy check looks again before it refuses a run
+
+
 def _noise_guard(config: RunConfig, executor: Any, meta: RunMeta,
                  on_status: Callable[[str], None]) -> None:
     """Watch the run's cores for 1 s (on every node): refuse a machine busy then and again
-    over the next 2 s (smoke runs and --allow-busy only warn, after the first look), and
-    record what was seen last. The second look lets a blip through (a short command that
+    over the next SECOND_LOOK_S (smoke runs and --allow-busy only warn, after the first
+    look), and record what was seen last. The second look lets a blip through (a short command that
     overlapped the first second), not a load that lasts."""
+    warn_only = config.allow_busy or config.profile == "smoke"
     seen = executor.noise(config.threads, 1.0)
     looks = 1
-    if any(b.busy for b in seen.values()) and not (config.allow_busy or config.profile == "smoke"):
-        seen, looks = executor.noise(config.threads, 2.0), 2
+    if any(b.busy for b in seen.values()) and not warn_only:
+        seen, looks = executor.noise(config.threads, SECOND_LOOK_S), 2
     if len(seen) == 1:
         (busy,) = seen.values()
         meta.noise_at_start = {**records.to_json(busy), "busy": busy.busy, "text": busy.text(),
@@ -590,9 +594,9 @@ def _noise_guard(config: RunConfig, executor: Any, meta: RunMeta,
     if not meta.noise_at_start["busy"]:
         return
     where = "machine" if len(seen) == 1 else "cluster"
-    again = " (and again over the next 2 s)" if looks == 2 else ""
+    again = f" (and again over the next {SECOND_LOOK_S:g} s)" if looks == 2 else ""
     message = f"the {where} is busy{again}: {meta.noise_at_start['text']}"
-    if config.allow_busy or config.profile == "smoke":
+    if warn_only:
         on_status(f"warning: {message}; timings will be noisy")
         return
     raise FwbenchError(f"{message}; timings would measure the other load. Wait, or run with "

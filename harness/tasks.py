@@ -133,7 +133,6 @@ def task_problem(task: spec.Task, datasets: dict[str, data.DataSet] | None = Non
     return ""
 
 
-
 @functools.cache
 def registry() -> Registry:
     """The plugins' registrations, discovered once per process."""

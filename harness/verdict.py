@@ -456,7 +456,7 @@ def meta_lines(meta: RunMeta, drift: tuple[float, float] | None = None,
     if noise:
         text = noise.get("text") or "measured"
         if noise.get("looks") == 2 and not noise.get("busy"):
-            text += " (a second look, over 2 s: the first second was busy)"
+            text += " (a second look: the first second was busy)"
         if noise.get("busy"):
             text = "BUSY: " + text + ("; the run went on with --allow-busy" if noise.get("allowed")
                                       else "; the run went on (a smoke run only warns)")

@@ -477,8 +477,8 @@ def test_cv_and_busy_flags(tmp_path):
 def test_load_at_start_says_when_a_second_look_let_the_run_through():
     meta = records.load_run(RUN_A).meta
     second = {"busy": False, "looks": 2, "text": "cores 0 over 2.00 s: quiet"}
-    for noise, shown in ((second, "cores 0 over 2.00 s: quiet (a second look, over 2 s: the first "
-                                  "second was busy)"),
+    for noise, shown in ((second, "cores 0 over 2.00 s: quiet (a second look: the first second "
+                                  "was busy)"),
                          ({**second, "looks": 1}, "cores 0 over 2.00 s: quiet")):
         lines = dict(verdict.meta_lines(dataclasses.replace(meta, noise_at_start=noise)))
         assert lines["load at start"] == shown
