@@ -32,8 +32,9 @@ import optax
 from fwbench.harness import spec
 
 # PJRT_NPROC only takes effect before the CPU client is created, and jax has no public API to
-# ask whether it has been: ``backends_are_initialized`` is private (jax 0.6-0.7). This is the
-# only import of ``jax._src`` in fwbench; without it (a later jax) the adapters cannot tell.
+# ask whether it has been: ``backends_are_initialized`` is private (jax 0.6-0.7). fwbench
+# imports ``jax._src`` twice: here (without it, a later jax, the adapters cannot tell) and for
+# the CUDA and cuDNN versions of a GPU cell (``device_versions``, best effort).
 try:
     from jax._src.xla_bridge import backends_are_initialized as _client_created
 except ImportError:  # pragma: no cover

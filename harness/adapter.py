@@ -6,15 +6,14 @@ exports parameters and gradients back to the canonical layout. It does no timing
 statistics and no file writing: the worker measures it from the outside, the same way for
 every backend.
 
-Backends are found through the ``fwbench.backends`` entry-point group. Each entry point
-names a ``Backend``: a small framework-free description (which module and class, which
-distributions it needs), so listing backends never imports a framework.
+A ``Backend`` is a small framework-free description of one (which module and class, which
+distributions it needs), so listing backends never imports a framework; they are found
+through the ``fwbench.backends`` entry-point group (``catalog.backends.discover``).
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib
 import importlib.metadata as md
 from dataclasses import dataclass, field
@@ -22,9 +21,8 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from . import plugins, spec
+from fwbench.harness import spec
 
-ENTRY_POINT_GROUP = "fwbench.backends"
 
 
 class Adapter(abc.ABC):
@@ -185,28 +183,3 @@ class Backend:
         """Import the adapter class (and so its framework). Call in a worker only."""
         module, _, cls = self.adapter.partition(":")
         return getattr(importlib.import_module(module), cls)
-
-
-def discover(warn: Callable[[str], None] | None = None) -> dict[str, Backend]:
-    """All registered backends by name (sorted): built-ins first, then plugins.
-
-    A plugin whose entry point fails to load, or names no ``Backend``, is skipped; a plugin
-    backend named like a built-in (or like another plugin's, which registered first) is
-    ignored. Each such problem is passed to ``warn`` as one line (the CLI prints it on
-    stderr), so one broken plugin never breaks every command.
-    """
-    warn = warn or (lambda message: None)
-    found: dict[str, Backend] = {}
-    for entry in plugins.load(ENTRY_POINT_GROUP, warn):
-        for b in entry.items:
-            if not isinstance(b, Backend):
-                warn(f"{entry.where} is not an fwbench Backend ({type(b).__name__}); skipped")
-                continue
-            if entry.dist != "fwbench" and b.source == "built-in":
-                b = dataclasses.replace(b, source=f"plugin {entry.dist} {entry.version}")
-            if b.name in found:
-                warn(f"{entry.where} registers backend {b.name!r}, already registered by "
-                     f"{found[b.name].source}; ignored")
-                continue
-            found[b.name] = b
-    return dict(sorted(found.items()))

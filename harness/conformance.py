@@ -18,8 +18,10 @@ import os
 import numpy as np
 import pytest
 
-from fwbench.harness import parity, tasks
-from fwbench.harness.adapter import Adapter, discover
+from fwbench.harness.check import parity
+from fwbench.harness.catalog import tasks
+from fwbench.harness.adapter import Adapter
+from fwbench.harness.catalog.backends import discover
 
 NAME = os.environ.get("FWBENCH_BACKEND", "")
 TASKS = [t for t in os.environ.get("FWBENCH_TASKS", ",".join(tasks.names())).split(",") if t]

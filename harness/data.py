@@ -32,8 +32,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import spec
-from .errors import DataError
+from fwbench.harness import spec
+from fwbench.harness.errors import DataError
 
 PREP_VERSION = "1"  # bump when decoding or tokenization changes: invalidates the cache
 SAMPLE_DIR = Path(__file__).parent / "sample"
@@ -409,26 +409,14 @@ DATASETS: dict[str, DataSet] = {  # the built-ins; plugins add theirs (harness/t
 }
 
 
-def dataset(name: str) -> DataSet:
-    """The registered data set ``name`` (built-in or from a plugin)."""
-    if name in DATASETS:
-        return DATASETS[name]
-    from . import tasks
-
-    found = tasks.registry().datasets
-    if name not in found:
-        raise DataError(f"unknown data set {name!r}; registered: {', '.join([*DATASETS, *found])}")
-    return found[name]
-
-
 # ------------------------------------------------------------------------ caching
 
 
-def prepare(dataset_name: str, profile: str, data_dir: str | os.PathLike | None = None) -> Path:
-    """Path of the cached decoded data set (built on first use). Runs in the runner."""
+def prepare(ds: DataSet, profile: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Path of the cached decoded data set ``ds`` (built on first use). Runs in the runner.
+    A plugin's data set is found by name with ``catalog.tasks.dataset``."""
     from filelock import FileLock
 
-    ds = dataset(dataset_name)
     files = locate(ds, profile, data_dir_from_env(data_dir))
     parts = [ds.name, PREP_VERSION] + ([] if ds.source == "built-in" else [ds.source])
     key = hashlib.sha256(
@@ -476,22 +464,11 @@ PREPROCESS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def preprocessing(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """The registered preprocessing ``name``: ``PREPROCESS`` (built-in) or a plugin's."""
-    if name in PREPROCESS:
-        return PREPROCESS[name]
-    from . import tasks
-
-    found = tasks.registry().preprocessings
-    if name not in found:
-        raise DataError(f"unknown preprocessing {name!r}; registered: {', '.join([*PREPROCESS, *found])}")
-    return found[name].function
-
-
-def task_arrays(task: spec.Task, prepared: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """x_train, y_train, x_test, y_test ready for the task's first layer (checked against
-    ``task.input_shape`` and ``task.input_dtype``)."""
-    f = preprocessing(task.preprocessing)
+def task_arrays(task: spec.Task, prepared: dict[str, np.ndarray],
+                f: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+    """x_train, y_train, x_test, y_test ready for the task's first layer: ``f`` is the task's
+    preprocessing (``catalog.tasks.preprocessing``); checked against ``task.input_shape`` and
+    ``task.input_dtype``."""
     out = {
         "x_train": np.ascontiguousarray(f(prepared["x_train"])),
         "y_train": prepared["y_train"].astype(np.int32),

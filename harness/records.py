@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from . import spec
-from .errors import FwbenchError
+from fwbench.harness import spec
+from fwbench.harness.errors import FwbenchError
 
 SCHEMA = 2  # 1: fwbench 0.1.0 (untyped); 2: typed records with a schema field
 RESULTS = "results.jsonl"
@@ -163,7 +163,7 @@ def _typed(obj: dict[str, Any], allowed: tuple[type, ...], what: str) -> Any:
 
 def task_from_json(data: dict[str, Any]) -> spec.Task:
     """Rebuild a ``spec.Task`` from ``task_to_json`` (a run's snapshot, or a worker request)."""
-    layer_types = tuple(getattr(spec, "LAYER_TYPES", None) or typing.get_args(spec.Layer))
+    layer_types = spec.LAYER_TYPES
     opt_types = typing.get_args(spec.Optimizer)
     fields = dict(data)
     fields["layers"] = tuple(_typed(x, layer_types, "layer") for x in data["layers"])
@@ -171,6 +171,173 @@ def task_from_json(data: dict[str, Any]) -> spec.Task:
     fields["input_shape"] = tuple(data["input_shape"])
     fields["notes"] = tuple(data.get("notes") or ())
     return spec.Task(**fields)
+
+
+# ---------------------------------------------------------------- the run's configuration
+
+ENVS_MODES = ("current", "isolated")  # --envs (run/envs.py)
+EXECUTORS = ("local", "ray")  # --executor (run/executors)
+DENORMALS = ("flush", "framework-default")  # --denormals (the README's denormal policy)
+DEFAULT_TIMEOUT_S = 3600.0
+MEMORY_LIMIT_FRACTION = 0.75  # default --memory-limit: this share of the (smallest) node's RAM
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What a user asked of ``fwbench run`` (None: not given), each value checked here, once:
+    a bad one is a one-line ``FwbenchError`` naming its option, before anything looks for
+    backends (so it gets its own message where no framework is installed). ``given()``
+    normalises them the way ``RunConfig`` stores them (compared on --resume)."""
+
+    tasks: tuple[str, ...] | None = None
+    profile: str | None = None
+    seeds: int | None = None  # a count: seeds 0..K-1
+    threads: int | None = None
+    timeout_s: float | None = None
+    data_dir: str | None = None
+    repeats: int | None = None
+    deterministic: bool | None = None
+    memory_limit_gib: float | None = None
+    until_ci_pct: float | None = None
+    max_processes: int | None = None
+    allow_busy: bool | None = None
+    denormals: str | None = None
+    envs: str | None = None
+    executor: str | None = None
+    device: str | None = None  # as ``device.parse`` named it
+    backends: tuple[str, ...] | None = None  # labels, copies numbered (torch#2)
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.profile is not None and self.profile not in spec.PROFILES,
+             f"unknown profile {self.profile!r}; choose from {', '.join(spec.PROFILES)}"),
+            (self.seeds is not None and self.seeds < 1, f"--seeds must be at least 1 (got {self.seeds})"),
+            (self.threads is not None and self.threads < 1,
+             f"--threads must be at least 1 (got {self.threads})"),
+            (self.repeats is not None and self.repeats < 0,
+             f"--repeats must be at least 0 (got {self.repeats})"),
+            (self.until_ci_pct is not None and not 0 < self.until_ci_pct < 100,
+             f"--until-ci must be a percentage between 0 and 100 (got {self.until_ci_pct or 0:g})"),
+            (self.max_processes is not None and self.max_processes < 1,
+             f"--max-processes must be at least 1 (got {self.max_processes})"),
+            (self.timeout_s is not None and self.timeout_s <= 0, "--timeout must be positive"),
+            (self.memory_limit_gib is not None and self.memory_limit_gib <= 0,
+             f"--memory-limit must be positive (got {self.memory_limit_gib or 0:g})"),
+            (self.denormals is not None and self.denormals not in DENORMALS,
+             f"--denormals must be flush or framework-default (got {self.denormals!r})"),
+            (self.envs is not None and self.envs not in ENVS_MODES,
+             f"unknown --envs {self.envs!r}; choose from {', '.join(ENVS_MODES)}"),
+            (self.executor is not None and self.executor not in EXECUTORS,
+             f"unknown --executor {self.executor!r}; choose from {', '.join(EXECUTORS)}"),
+        )
+        for bad, message in checks:
+            if bad:
+                raise FwbenchError(message)
+
+    def given(self) -> dict[str, Any]:
+        """The options given, as ``RunConfig`` fields and values."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if getattr(self, f.name) is not None}
+        if self.seeds is not None:
+            out["seeds"] = tuple(range(self.seeds))
+        if self.memory_limit_gib is not None:
+            out["memory_limit_gib"] = round(self.memory_limit_gib, 2)
+        return out
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's whole configuration (``run.json``'s ``config``); ``from_options`` is the one
+    place its defaults live."""
+
+    tasks: tuple[str, ...]
+    backends: tuple[str, ...]
+    profile: str
+    seeds: tuple[int, ...]
+    threads: int
+    timeout_s: float
+    data_dir: str | None = None
+    repeats: int = 0  # timing-only processes per (task, backend), after the training runs
+    memory_limit_gib: float | None = None
+    deterministic: bool = False
+    timing_steps: int = 200  # steps of a timing-only repeat
+    allow_busy: bool = False  # run even when other processes use the run's cores
+    until_ci_pct: float | None = None  # adaptive: add repeats until every CI is this narrow
+    max_processes: int = 20  # the cap of the adaptive repeats, per (task, backend)
+    envs: str = "current"  # "isolated": every backend's workers in its own env (run/envs.py)
+    denormals: str = "flush"  # "flush": every framework flushes denormals; or "framework-default"
+    executor: str = "local"  # where the cells run: "local" (this machine) or "ray" (run/executors)
+    device: str = "cpu"  # cpu | cuda:N (measure/device.py): where every cell computes, one GPU per cell
+
+    def __post_init__(self) -> None:
+        for name in ("tasks", "backends", "seeds"):  # JSON lists, a caller's lists: tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = [m for bad, m in (
+            (self.profile not in spec.PROFILES, f"profile {self.profile!r}"),
+            (not self.seeds, "no seed"), (self.threads < 1, f"threads {self.threads}"),
+            (self.repeats < 0, f"repeats {self.repeats}"),
+            (self.timeout_s <= 0, f"timeout_s {self.timeout_s}"),
+            (self.envs not in ENVS_MODES, f"envs {self.envs!r}"),
+            (self.executor not in EXECUTORS, f"executor {self.executor!r}"),
+            (self.denormals not in DENORMALS, f"denormals {self.denormals!r}")) if bad]
+        if problems:
+            raise FwbenchError(f"invalid run configuration: {', '.join(problems)}")
+
+    @classmethod
+    def from_options(cls, options: RunOptions, *, tasks: tuple[str, ...],
+                     backends: tuple[str, ...], cores: int, memory_gib: float,
+                     where: str = "local", data_dir: str | None = None) -> RunConfig:
+        """A new run's configuration: the defaults (every task, the profile's seeds and
+        repeats, every core, 75% of the memory), then what was given; checked against the
+        machine (``cores`` and ``memory_gib`` of the smallest node)."""
+        check_fits(options.threads, options.memory_limit_gib, cores, memory_gib, where)
+        prof = spec.PROFILE_INFO[options.profile or "quick"]
+        defaults: dict[str, Any] = {
+            "tasks": tasks, "profile": prof.name, "seeds": tuple(range(prof.default_seeds)),
+            "threads": cores, "timeout_s": DEFAULT_TIMEOUT_S, "data_dir": data_dir,
+            "repeats": prof.default_repeats,
+            "memory_limit_gib": round(MEMORY_LIMIT_FRACTION * memory_gib, 2)}
+        return cls(**{**defaults, **options.given(), "backends": tuple(backends)})
+
+    def differences(self, given: dict[str, Any]) -> list[str]:
+        """The given options (``RunOptions.given``) that differ from this configuration."""
+        return [f"{k} (saved {getattr(self, k)!r}, given {v!r})" for k, v in given.items()
+                if getattr(self, k) != v]
+
+    @property
+    def isolated(self) -> bool:
+        return self.envs == "isolated"
+
+
+def check_fits(threads: int | None, memory_limit_gib: float | None, cores: int,
+               memory_gib: float, where: str = "local") -> None:
+    """--threads and --memory-limit within what the machine (the smallest node) has."""
+    local = where == "local"
+    if threads is not None and threads > cores:
+        what = "the cores available" if local else "the cores of the smallest node"
+        raise FwbenchError(f"--threads must be between 1 and {cores}, {what} (got {threads})")
+    if memory_limit_gib is not None and memory_limit_gib > memory_gib:
+        mem = "this machine's memory" if local else "the smallest node's memory"
+        raise FwbenchError(f"--memory-limit must be between 0 and {memory_gib:.1f} GiB, {mem} "
+                           f"(got {memory_limit_gib:g})")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One worker process of a run: (task, backend, seed, repeat); repeat 0 trains."""
+
+    task: str
+    backend: str
+    seed: int
+    repeat: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}-{self.backend}-s{self.seed}" + (f"-r{self.repeat}" if self.repeat else "")
+
+    @property
+    def ident(self) -> tuple[str, str, int, int]:
+        return (self.task, self.backend, self.seed, self.repeat)
 
 
 # ----------------------------------------------------------------- worker requests
@@ -325,6 +492,16 @@ class Hardware:
         on = f", computing on {self.device}" if self.device else ""
         return (f"{self.cpu_model}, {self.cores} of {self.logical_cores} cores, "
                 f"{self.memory_gib} GiB, kernel {self.kernel}, {acc}{on}")
+
+
+@dataclass
+class Noise:
+    """What else used a cell's cores while it ran (``measure.noise``; None where unreadable)."""
+
+    others_cores: float | None = None  # other processes' CPU on the cell's cores, in cores
+    steal_fraction: float | None = None  # stolen by the hypervisor / all time of those cores
+    loadavg_1m: float | None = None  # the whole machine's
+    busy: bool | None = None  # above the thresholds of ``measure.noise.is_busy``
 
 
 @dataclass
@@ -504,9 +681,9 @@ class CellRecord:
     energy_j: float | None = _f("energy.train_j minus idle_w x train_time_s", "J")
     energy_j_per_sample: float | None = _f("energy_j / training samples (steps x batch)", "J/sample")
     # run-level (runner)
-    noise: dict[str, Any] = _f("what else used the cell's cores while it ran: others_cores "
-                               "(other processes' CPU, in cores), steal_fraction, loadavg_1m, "
-                               "busy", factory=dict)
+    noise: Noise | None = _f("what else used the cell's cores while it ran: others_cores "
+                             "(other processes' CPU, in cores), steal_fraction, loadavg_1m, "
+                             "busy")
     threads: int | None = _f("threads of the cell")
     affinity: list[int] = _f("CPUs the worker was pinned to", factory=list)
     wall_s: float | None = _f("wall time of the whole worker process", "s")
@@ -536,10 +713,63 @@ class CellRecord:
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def busy(self) -> bool:
+        """Other processes used the cell's cores while it ran (``noise.busy``)."""
+        return bool(self.noise is not None and self.noise.busy)
 
-_RUNNER_FIELDS = ("task", "backend", "seed", "repeat", "profile", "pct_of_gemm_peak", "noise",
-                  "threads", "affinity", "wall_s", "started", "ended", "log", "node",
-                  "hardware", "lost_node", "energy_j", "energy_j_per_sample")
+    @property
+    def flushed(self) -> bool | None:
+        """Did the training step flush denormals (probed; None: not probed)?"""
+        return self.denormals.get("flushed")
+
+    @property
+    def device_gflops(self) -> float | None:
+        """A GPU cell: the float32 GEMM peak its framework reached on its GPU."""
+        return self.device_gemm.get("gflops")
+
+    @classmethod
+    def from_worker(cls, result: dict[str, Any], status: str, error: str | None,
+                    where: str) -> CellRecord:
+        """A record of a worker's measurements (``measurement``) and how its process ended;
+        the runner then adds its own fields with ``add_run_fields``."""
+        unknown = sorted(set(result) - set(cls.MEASURED))
+        if unknown:
+            raise FwbenchError(f"{where}: the worker sent unknown field(s) {', '.join(unknown)}")
+        return _build(cls, {**result, "status": status, "error": error}, where)
+
+    def add_run_fields(self, fields: RunFields) -> None:
+        """Set the runner's fields (``RunFields``: identity and run level) on this record."""
+        for f in dataclasses.fields(fields):
+            setattr(self, f.name, getattr(fields, f.name))
+
+
+@dataclass
+class RunFields:
+    """What the runner adds to a worker's measurements: the cell's identity and the run-level
+    fields of its record (``CellRecord.add_run_fields``); every other field is the worker's."""
+
+    task: str
+    backend: str
+    seed: int
+    repeat: int
+    profile: str
+    threads: int
+    affinity: list[int]
+    noise: Noise | None
+    wall_s: float
+    started: str
+    ended: str
+    log: str
+    node: str | None
+    hardware: Hardware | None
+    lost_node: str | None = None
+    pct_of_gemm_peak: float | None = None
+    energy_j: float | None = None
+    energy_j_per_sample: float | None = None
+
+
+_RUNNER_FIELDS = tuple(f.name for f in dataclasses.fields(RunFields))
 CellRecord.MEASURED = tuple(f.name for f in dataclasses.fields(CellRecord)
                             if f.name not in _RUNNER_FIELDS)
 
@@ -696,18 +926,65 @@ class Stopping:
 
 
 @dataclass
+class Environment:
+    """The machine and the software a run saw (``measure.environment.capture``)."""
+
+    cpu_model: str | None = None
+    cpu_flags: list[str] = field(default_factory=list)
+    logical_cores: int | None = None
+    physical_cores: int | None = None
+    affinity: list[int] = field(default_factory=list)  # the runner's CPU affinity
+    memory_gib: float | None = None  # total, GiB to one decimal
+    os: str | None = None
+    kernel: str | None = None
+    python: str | None = None
+    packages: dict[str, str | None] = field(default_factory=dict)  # fwbench's PACKAGES -> version
+    blas: list[dict[str, Any]] = field(default_factory=list)  # threadpoolctl's view of NumPy's BLAS
+    env: dict[str, str] = field(default_factory=dict)  # the performance variables set (OMP_*, ...)
+
+
+def blas_text(info: dict[str, Any]) -> str:
+    """One BLAS of threadpoolctl's description (``Environment.blas``, ``Calibration.blas``):
+    'openblas 0.3.27 (2 threads, Haswell)'."""
+    return (f"{info.get('internal_api')} {info.get('version')} "
+            f"({info.get('num_threads')} threads, {info.get('architecture')})")
+
+
+@dataclass
+class NoiseAtStart:
+    """The busy check before a run's first cell (``runner._noise_guard``): its last look.
+    One node: that look's figures (``measure.noise.Busy``); several: ``nodes``."""
+
+    busy: bool | None = None
+    allowed: bool = False  # --allow-busy
+    text: str = ""
+    looks: int | None = None  # 2: the first second was busy, a second look was taken
+    nodes: dict[str, dict[str, Any]] | None = None  # node id -> its Busy figures (a cluster)
+    interval_s: float | None = None
+    cpus: list[int] = field(default_factory=list)
+    cores_busy_s: float | None = None
+    own_s: float | None = None
+    others_s: float | None = None
+    others_cores: float | None = None
+    steal_fraction: float | None = None
+    iowait_fraction: float | None = None
+    loadavg_1m: float | None = None
+    top_others: list[list[Any]] = field(default_factory=list)  # [pid, name, CPU s]
+
+
+@dataclass
 class RunMeta:
     """``run.json``: the configuration and the environment of a run, and what it ran."""
 
     created: str
     fwbench_version: str
-    config: dict[str, Any]  # runner.RunConfig as JSON
-    environment: dict[str, Any]  # environment.capture()
+    config: RunConfig
+    environment: Environment
     backends: dict[str, BackendInfo]
     tasks: dict[str, dict[str, Any]]  # task name -> task_to_json
     calibration: Calibration | None = None
     resumed: list[Resumption] = field(default_factory=list)
-    noise_at_start: dict[str, Any] = field(default_factory=dict)  # runner._noise_guard: last look
+    noise_at_start: NoiseAtStart | None = None  # runner._noise_guard: its last look
     drift_probes: list[DriftProbe] = field(default_factory=list)
     stopping: dict[str, Stopping] = field(default_factory=dict)  # "task/backend" -> why
 
@@ -718,6 +995,25 @@ class RunMeta:
         """The task as this run defined it (None if the run did not snapshot it)."""
         data = self.tasks.get(name)
         return task_from_json(data) if data else None
+
+    def task_facts(self, name: str) -> TaskFacts:
+        """What reports say of a task, from this run's own snapshot read as stored: reporting
+        an old run needs neither today's ``spec.TASKS`` nor today's layer types. A task the
+        run did not snapshot: its name only."""
+        data = self.tasks.get(name) or {}
+        target, batch = data.get("target_accuracy"), data.get("batch_size")
+        return TaskFacts(str(data.get("description") or name),
+                         float(target) if target is not None else None,
+                         int(batch) if batch else None)
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """A task as a report describes it (``RunMeta.task_facts``)."""
+
+    description: str
+    target: float | None
+    batch: int | None
 
 
 def write_meta(run_dir: Path, meta: RunMeta) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import spec
+from fwbench.harness import spec
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

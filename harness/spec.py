@@ -864,3 +864,18 @@ def train_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.nda
 def eval_slices(n: int, batch: int = EVAL_BATCH) -> list[slice]:
     """Evaluation covers every test example exactly once, in order."""
     return [slice(i, min(i + batch, n)) for i in range(0, n, batch)]
+
+
+def batch_order(n: int, batch_size: int, seed: int, count: int) -> list:
+    """``count`` batches' index arrays in the runs' order: the epochs of ``train_batches``
+    one after another (the shipped sample has only 23-46 batches per epoch): the batches of
+    ``fwbench overhead --against idiomatic``, the same for the adapter and the reference loop."""
+    out: list = []
+    epoch = 1
+    while len(out) < count:
+        batches = train_batches(n, batch_size, seed, epoch)
+        if not batches:
+            raise ValueError(f"{n} examples make no batch of {batch_size}")
+        out += batches
+        epoch += 1
+    return out[:count]

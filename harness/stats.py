@@ -29,9 +29,12 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import combinations
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fwbench.harness.records import CellRecord
 
 ALPHA = 0.05
 """Family-wise error rate after Holm over all the comparisons of one report (or compare).
@@ -575,18 +578,17 @@ class Summary:
         return len(self.figures)
 
 
-def summarize(records: list[dict], batch_sizes: dict[str, int]) -> list[Summary]:
+def summarize(records: list[CellRecord], batch_sizes: dict[str, int]) -> list[Summary]:
     """Cells of ``records``: every ok record is one process (a seed or a timing-only repeat);
     accuracy counts seeds only (repeat 0)."""
     out = []
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[CellRecord]] = {}
     for r in records:
-        groups.setdefault((r["task"], r["backend"]), []).append(r)
+        groups.setdefault((r.task, r.backend), []).append(r)
     for (task, backend), rs in groups.items():
-        ok = [r for r in rs if r.get("status") == "ok"]
-        acc = [float(r["test_accuracy"]) for r in ok
-               if r.get("repeat", 0) == 0 and r.get("test_accuracy") is not None]
-        steps = [r.get("step_samples_ms") or [] for r in ok]
+        ok = [r for r in rs if r.ok]
+        acc = [float(r.test_accuracy) for r in ok if r.repeat == 0 and r.test_accuracy is not None]
+        steps = [r.step_samples_ms or [] for r in ok]
         figures = [f for f in map(process_figure, steps) if f is not None]
         batch = batch_sizes.get(task, 1)
         step_ci = median_ci(figures)

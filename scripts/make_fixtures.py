@@ -51,7 +51,8 @@ sys.path.insert(0, str(TESTS))  # this process imports nothing from there; its w
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(TESTS)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
-from fwbench.harness import runner, spec  # noqa: E402
+from fwbench.harness.run import runner  # noqa: E402
+from fwbench.harness import spec
 from fwbench.harness.adapter import Backend  # noqa: E402
 
 SOURCE = "fixture (tests/fixture_backends.py)"

@@ -103,7 +103,7 @@ def test_smoke_run_end_to_end_with_torch(tmp_path):
     # LSTM (23 steps on 1,500 reviews) must beat always answering the sample's majority class
     from fwbench.harness import data
 
-    y = data.load_prepared(data.prepare("imdb", "smoke"))["y_test"]
+    y = data.load_prepared(data.prepare(data.DATASETS["imdb"], "smoke"))["y_test"]
     majority = max(y.mean(), 1 - y.mean())
     assert acc["mlp"] > 0.8 and acc["lenet"] > 0.5 and acc["lstm"] > majority + 0.02
     assert json.loads((out / "run.json").read_text())["config"]["profile"] == "smoke"
@@ -123,7 +123,7 @@ def test_smoke_run_end_to_end_with_torch(tmp_path):
 @pytest.mark.slow
 def test_deterministic_runs_repeat_their_losses(tmp_path):
     """--deterministic: two runs give identical losses, per installed backend."""
-    from fwbench.harness.adapter import discover
+    from fwbench.harness.catalog.backends import discover
 
     names = [n for n, b in discover().items() if b.installed and not b.options]
     if not names:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fwbench.harness import analysis, compare, records, stats, tables
+from fwbench.harness.report import analysis, compare, tables
+from fwbench.harness import records, stats
 
 from run_copies import derived_run
 
@@ -163,7 +164,7 @@ def test_compare_warns_when_environments_or_definitions_differ(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     run = records.load_run(RUN_A)
-    run.meta.environment["cpu_model"] = "Some Other CPU"
+    run.meta.environment.cpu_model = "Some Other CPU"
     records.write_meta(other, run.meta)
     for r in run.records:
         records.append_record(other / records.RESULTS, r)

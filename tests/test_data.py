@@ -73,16 +73,16 @@ def test_flipped_byte_in_data_dir_is_refused(tmp_path):
     b[100] ^= 0xFF
     target.write_bytes(bytes(b))
     with pytest.raises(DataError, match="checksum mismatch"):
-        data.prepare("mnist", "quick", tmp_path)
+        data.prepare(data.DATASETS["mnist"], "quick", tmp_path)
 
 
 def test_missing_file_in_data_dir(tmp_path):
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz not found"):
-        data.prepare("mnist", "quick", tmp_path)
+        data.prepare(data.DATASETS["mnist"], "quick", tmp_path)
     with pytest.raises(DataError, match="aclImdb_v1.tar.gz not found"):
-        data.prepare("imdb", "quick", tmp_path)
+        data.prepare(data.DATASETS["imdb"], "quick", tmp_path)
     with pytest.raises(DataError, match="does not exist"):
-        data.prepare("imdb", "quick", tmp_path / "nope")
+        data.prepare(data.DATASETS["imdb"], "quick", tmp_path / "nope")
 
 
 def _tar_with(path, members):
@@ -128,18 +128,18 @@ def test_csv_with_wrong_header_is_refused(tmp_path):
 
 
 def test_sample_prepare_is_cached_and_not_retokenized(monkeypatch):
-    first = data.prepare("imdb", "smoke")
+    first = data.prepare(data.DATASETS["imdb"], "smoke")
     monkeypatch.setattr(data, "tokenize", lambda text: pytest.fail("re-tokenized a cached data set"))
-    assert data.prepare("imdb", "smoke") == first
+    assert data.prepare(data.DATASETS["imdb"], "smoke") == first
     arrays = data.load_prepared(first)
     assert arrays["x_train"].shape == (1500, spec.IMDB_MAXLEN) and arrays["x_test"].shape == (500, 200)
     assert arrays["x_train"].max() < spec.IMDB_VOCAB and (arrays["y_train"] == 1).sum() == 750
 
 
 def test_task_preprocessing():
-    prepared = data.load_prepared(data.prepare("mnist", "smoke"))
-    mlp = data.task_arrays(spec.TASKS["mlp"], prepared)
-    lenet = data.task_arrays(spec.TASKS["lenet"], prepared)
+    prepared = data.load_prepared(data.prepare(data.DATASETS["mnist"], "smoke"))
+    mlp = data.task_arrays(spec.TASKS["mlp"], prepared, data.PREPROCESS["mnist_scaled"])
+    lenet = data.task_arrays(spec.TASKS["lenet"], prepared, data.PREPROCESS["mnist_lenet"])
     assert mlp["x_train"].shape == (3000, 1, 28, 28) and mlp["x_train"].dtype == np.float32
     assert 0 <= mlp["x_train"].min() and mlp["x_train"].max() == 1.0
     assert lenet["x_train"].shape == (3000, 1, 32, 32)
@@ -149,13 +149,13 @@ def test_task_preprocessing():
 
 
 def test_real_mnist_matches_its_published_counts(real_data_dir):
-    arrays = data.load_prepared(data.prepare("mnist", "quick", real_data_dir))
+    arrays = data.load_prepared(data.prepare(data.DATASETS["mnist"], "quick", real_data_dir))
     assert arrays["x_train"].shape == (60000, 28, 28) and arrays["x_test"].shape == (10000, 28, 28)
     assert list(np.bincount(arrays["y_test"])) == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_real_imdb(real_data_dir):
-    arrays = data.load_prepared(data.prepare("imdb", "quick", real_data_dir))
+    arrays = data.load_prepared(data.prepare(data.DATASETS["imdb"], "quick", real_data_dir))
     assert arrays["x_train"].shape == (25000, 200) and arrays["x_test"].shape == (25000, 200)
     assert (arrays["y_train"] == 1).sum() == 12500 and (arrays["y_test"] == 0).sum() == 12500
     assert len(arrays["vocab"]) == spec.IMDB_VOCAB - 2 and list(arrays["vocab"][:3]) == ["the", "and", "a"]

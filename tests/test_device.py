@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from fwbench.harness import device, environment, records, runner
+from fwbench.harness.measure import device, environment
+from fwbench.harness import records
+from fwbench.harness.run import runner
 from fwbench.harness.adapter import Backend
 from fwbench.harness.errors import FwbenchError
 
@@ -244,9 +246,9 @@ def test_a_gpu_index_the_machine_does_not_have_is_refused(fake_nvml):
 
 
 def test_preflight_names_each_backend_without_cuda_and_keeps_the_others(fake_nvml, capsys):
-    from fwbench.harness import cli
+    from fwbench.harness.cli import run as cli_run
 
-    found = cli._device_preflight(device.parse("cuda"), ["cpuonly", "fakegpu"], dict(TOYS), {})
+    found = cli_run.device_preflight_lines(device.parse("cuda"), ["cpuonly", "fakegpu"], dict(TOYS), {})
     assert found == {"cpuonly": "this adapter has no GPU support"}
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cpuonly: --device cuda:0: this adapter has no GPU support" in err
@@ -274,7 +276,7 @@ def test_cpu_cell_sets_no_gpu_before_the_import_and_records_the_new_fields(tmp_p
         assert r.energy.train_j is None and r.energy_j is None and r.energy_j_per_sample is None
         assert r.energy.reason == device.rapl_reason()
     meta = records.load_meta(tmp_path)
-    assert meta.config["device"] == "cpu" and meta.calibration.device == "cpu"
+    assert meta.config.device == "cpu" and meta.calibration.device == "cpu"
     assert r.hardware == environment.hardware_fingerprint()  # CPU ids as before devices
 
 
@@ -318,7 +320,7 @@ def test_gpu_cells_record_device_memory_utilisation_and_energy(gpu_run):
     assert r.energy_j == pytest.approx(150 * r.train_time_s, rel=0.05, abs=0.2)
     assert r.energy_j_per_sample == pytest.approx(r.energy_j / (r.steps * 128))
     meta = records.load_meta(gpu_run)
-    assert meta.config["device"] == "cuda:0" and meta.calibration.idle_source == "NVML total energy, GPU 0"
+    assert meta.config.device == "cuda:0" and meta.calibration.idle_source == "NVML total energy, GPU 0"
     # the GPU is part of the fingerprint: not the node's id, the same for both GPU backends
     assert r.hardware.device == "Fake GPU 80GB, driver 999.1"
     assert r.hardware.id != environment.hardware_fingerprint().id == environment.with_device(
@@ -335,7 +337,7 @@ def test_a_backend_without_cuda_is_unsupported_and_the_others_run(gpu_run):
 
 
 def test_report_shows_energy_next_to_time_and_the_gpu(gpu_run):
-    from fwbench.harness import html_report, report
+    from fwbench.harness.report import html as html_report, markdown as report
 
     text = report.markdown_report(gpu_run)
     head = next(line for line in text.splitlines() if line.startswith("| #"))
@@ -355,7 +357,7 @@ def test_report_shows_energy_next_to_time_and_the_gpu(gpu_run):
 
 
 def test_cells_on_different_gpu_models_are_never_ranked_together(gpu_run):
-    from fwbench.harness import analysis, compare
+    from fwbench.harness.report import analysis, compare
 
     run = records.load_run(gpu_run)
     other = [dataclasses.replace(r, hardware=environment.with_device(
@@ -373,7 +375,7 @@ def test_cells_on_different_gpu_models_are_never_ranked_together(gpu_run):
 
 
 def test_check_on_a_gpu_marks_a_backend_without_cuda_unsupported(fake_nvml):
-    from fwbench.harness import parity
+    from fwbench.harness.check import parity
 
     _, probes, errors = parity.run_probes(dict(TOYS), ["cpuonly"], ["mlp"], device="cuda:0")
     assert not errors

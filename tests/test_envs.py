@@ -17,8 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from fwbench.harness import cli, envs
-from fwbench.harness.adapter import Backend, discover
+from fwbench.harness.cli import common
+from fwbench.harness.run import envs
+from fwbench.harness.adapter import Backend
+from fwbench.harness.catalog.backends import discover
+from fwbench.harness.catalog.labels import BackendLabel
 from fwbench.harness.errors import FwbenchError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,31 +47,34 @@ def fwbench(*args: str, envs_dir: Path, timeout: float = 900) -> subprocess.Comp
 # ------------------------------------------------------------------ labels, parsing
 
 
-def test_parse_backend_with_and_without_a_version():
-    assert envs.parse_backend("jax==0.7.1") == ("jax", "0.7.1")
-    assert envs.parse_backend(" jax @ 0.7.1 ") == ("jax", "0.7.1")
-    assert envs.parse_backend("torch-compile") == ("torch-compile", None)
-    assert envs.parse_backend("torch==2.13.0+cpu") == ("torch", "2.13.0+cpu")
+def test_backend_labels_are_parsed_once():
+    parse = BackendLabel.from_option
+    assert parse("jax==0.7.1") == BackendLabel("jax", "0.7.1")
+    assert parse(" jax @ 0.7.1 ") == BackendLabel("jax", "0.7.1")
+    assert parse("torch-compile") == BackendLabel("torch-compile")
+    assert parse("torch==2.13.0+cpu") == BackendLabel("torch", "2.13.0+cpu")
     for bad in ("jax==", "jax>=0.7", "jax~=0.7", "==0.7.1", "jax==0.7 1"):
         with pytest.raises(FwbenchError):
-            envs.parse_backend(bad)
-    assert envs.label("jax", "0.7.1") == "jax@0.7.1" and envs.label("jax", None) == "jax"
-    assert envs.split_label("jax@0.7.1#2") == ("jax", "0.7.1")
-    assert envs.split_label("torch#2") == ("torch", None)
-    assert envs.spec_text("jax@0.7.1#2") == "jax==0.7.1"
+            parse(bad)
+    assert BackendLabel("jax", "0.7.1").name == "jax@0.7.1" and BackendLabel("jax").name == "jax"
+    copy = BackendLabel.parse("jax@0.7.1#2")
+    assert (copy.base, copy.version, copy.copy) == ("jax", "0.7.1", 2)
+    assert copy.name == "jax@0.7.1#2" and copy.versioned == "jax@0.7.1"
+    assert BackendLabel.parse("torch#2") == BackendLabel("torch", None, 2)
+    assert copy.option == "jax==0.7.1"
 
 
 def test_versions_and_copies_go_through_one_path(known):
     known = dict(known)
-    names = cli._backend_names("jax==0.7.1,jax,torch,torch,jax==0.7.1", known)
+    names = common.backend_names("jax==0.7.1,jax,torch,torch,jax==0.7.1", known)
     assert names == ["jax@0.7.1", "jax", "torch", "torch#2", "jax@0.7.1#2"]
     assert known["jax@0.7.1"].name == "jax@0.7.1"
     assert known["jax@0.7.1#2"].adapter == known["jax"].adapter
     assert known["torch#2"].name == "torch#2"
     with pytest.raises(FwbenchError, match="unknown backend 'nope'"):
-        cli._backend_names("nope==1.0", dict(known))
+        common.backend_names("nope==1.0", dict(known))
     with pytest.raises(FwbenchError, match="does not use"):
-        cli._backend_names("jax==0.7.1", dict(known), allow_versions=False)
+        common.backend_names("jax==0.7.1", dict(known), allow_versions=False)
 
 
 # ------------------------------------------------------------------ requirement sets
@@ -150,7 +156,7 @@ def test_a_plugin_installed_from_a_folder_brings_itself_into_its_env(tmp_path):
                         "--no-index", "--target", str(target), str(src)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    code = ("import json; from fwbench.harness import adapter, envs; b = adapter.discover()['numpy-toy'];"
+    code = ("import json; from fwbench.harness.run import envs; from fwbench.harness.catalog.backends import discover; b = discover()['numpy-toy'];"
             "print(json.dumps(list(envs.requirement_set(b).lines)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(target)})
@@ -256,7 +262,7 @@ def test_isolated_env_runs_a_cell_and_the_check_with_its_own_packages(torch_env,
     assert info["path"] == str(env.path) and info["key"] == env.key
     assert info["packages"]["torch"] == installed["torch"] == meta["backends"]["torch"]["requires"]["torch"]
     assert info["python"] == env.manifest["python"]
-    from fwbench.harness import analysis, verdict  # the report names the env's versions
+    from fwbench.harness.report import analysis, verdict  # the report names the env's versions
 
     lines = dict(verdict.run_lines(analysis.analyze(out)))
     assert f"torch: numpy {installed['numpy']}, torch {installed['torch']}" in lines["backend packages"]

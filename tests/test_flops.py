@@ -1,6 +1,7 @@
 """The analytic FLOP model (harness/flops.py), checked against hand counts."""
 
-from fwbench.harness import flops, spec
+from fwbench.harness.measure import flops
+from fwbench.harness import spec
 
 
 def test_cnn_conv_layers_are_about_30_gflop_per_step_at_batch_512():

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fwbench.harness import idiomatic, records, spec, stats
+from fwbench.harness.check import idiomatic
+from fwbench.harness import records, spec, stats
 from fwbench.harness.adapter import Backend
 
 TESTS = Path(__file__).parent
@@ -41,16 +42,18 @@ def _missing(family: str) -> list[str]:
 # the MLP's loss on its first batch before and after 20 training steps on real batches.
 PROBE = r"""
 import json, sys
-from fwbench.harness import data, idiomatic, spec
-loop = idiomatic.load_loop(sys.argv[1])
+from fwbench.harness import spec
+from fwbench.harness.catalog import tasks
+from fwbench.harness.run.worker import load_loop
+loop = load_loop(sys.argv[1])
 out = {}
 for name in ("mlp", "lenet", "lstm"):
     task = spec.TASKS[name]
-    arrays = data.task_arrays(task, data.load_prepared(data.prepare(task.dataset, "smoke")))
+    arrays = tasks.arrays(task, tasks.prepare(task, "smoke"))
     x, y = arrays["x_train"], arrays["y_train"]
     step = loop.make_step(name, 1)
     n = 21 if name == "mlp" else 3
-    batches = idiomatic.batch_order(len(x), task.batch_size, 0, n)
+    batches = spec.batch_order(len(x), task.batch_size, 0, n)
     losses = [step(x[i], y[i]) for i in batches]
     if name == "mlp":  # the first batch again, after 20 steps: its loss before the update
         losses.append(step(x[batches[0]], y[batches[0]]))
@@ -94,6 +97,8 @@ def test_family_variants_and_loop_paths():
     assert idiomatic.family("tensorflow-xla") == "tensorflow"
     assert idiomatic.family("flax") == "flax" and idiomatic.family("toy") is None
     known = {n: Backend(n, "m:C", ()) for n in ("torch", "torch-compile", "jax")}
+    known["torch-other"] = Backend("torch-other", "other:Adapter", ())  # not on torch's adapter
+    known["torch#2"] = Backend("torch#2", "m:C", ())  # an A/A copy, not a variant
     assert idiomatic.variants_of("torch", known) == ["torch-compile"]
     assert idiomatic.variants_of("torch-compile", known) == ["torch"]
     assert idiomatic.variants_of("jax", known) == []
@@ -103,7 +108,7 @@ def test_family_variants_and_loop_paths():
 
 
 def test_batch_order_is_the_runs_order_across_epochs():
-    got = idiomatic.batch_order(300, 128, 0, 5)  # 2 batches per epoch
+    got = spec.batch_order(300, 128, 0, 5)  # 2 batches per epoch
     want = spec.train_batches(300, 128, 0, 1) + spec.train_batches(300, 128, 0, 2) + \
         spec.train_batches(300, 128, 0, 3)[:1]
     assert len(got) == 5 and all((a == b).all() for a, b in zip(got, want))
@@ -181,7 +186,7 @@ def test_sweep_in_worker_processes_with_a_toy_adapter_and_a_toy_loop(tmp_path, m
 
     jobs = idiomatic.plan(["mlp"], ["torch", "jax"], 2)
     results = idiomatic.run(jobs, known, threads=1, cpus=[os.sched_getaffinity(0).pop()],
-                            data_paths={"mlp": data.prepare("mnist", "smoke")}, steps=3,
+                            data_paths={"mlp": data.prepare(data.DATASETS["mnist"], "smoke")}, steps=3,
                             warmup=2, timeout_s=120)
     by = {(r.job.column, r.job.label, r.job.round): r for r in results}
     assert all(by[("torch", k, r)].status == "ok" for k in ("adapter", "loop") for r in (0, 1))

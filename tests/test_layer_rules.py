@@ -84,7 +84,7 @@ def test_an_unsupported_layer_raises_one_line_naming_it():
 PLACES = [
     ("fwbench.harness.spec", (), {"layer"}),
     ("fwbench.harness.reference", (), {"layer", "optimizer"}),
-    ("fwbench.harness.flops", (), {"layer"}),
+    ("fwbench.harness.measure.flops", (), {"layer"}),
     ("fwbench_numpy_toy", (), {"layer"}),  # tests/plugin
     ("fwbench.backends.torch_backend", backends.TORCH.requires, {"layer", "optimizer"}),
     ("fwbench.backends.keras_backend", backends.TENSORFLOW.requires, {"layer", "optimizer"}),

@@ -5,8 +5,8 @@ training (see tests/layer_cases.py; the JAX family: tests/test_layers_jax.py).""
 
 import pytest
 
-from fwbench.harness import tasks
-from fwbench.harness.adapter import discover
+from fwbench.harness.catalog import tasks
+from fwbench.harness.catalog.backends import discover
 
 from layer_cases import (CASES, NEW_TASKS, check_dropout_only_in_training, check_forward_and_gradients,
                          check_round_trip)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fwbench.harness import reference, spec
-from fwbench.harness.adapter import discover
+from fwbench.harness.catalog.backends import discover
 
 pytest.importorskip("jax", reason="JAX is not installed (pip install -e '.[jax]')")
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fwbench.harness import noise
+from fwbench.harness.measure import noise
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/stat") or not hasattr(os, "sched_setaffinity"), reason="Linux /proc only")

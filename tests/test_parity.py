@@ -6,8 +6,9 @@ catches a layout, bias, eps or optimizer regression in any adapter.
 
 import pytest
 
-from fwbench.harness import parity, spec
-from fwbench.harness.adapter import discover
+from fwbench.harness.check import parity
+from fwbench.harness import spec
+from fwbench.harness.catalog.backends import discover
 
 BACKENDS = discover()
 NAMES = sorted(BACKENDS)

@@ -22,7 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fwbench.harness import analysis, compare, environment, records, report
+from fwbench.harness.report import analysis, compare, markdown as report
+from fwbench.harness.measure import environment
+from fwbench.harness import records
 from fwbench.harness.errors import FwbenchError
 
 FIX = Path(__file__).parent / "fixtures"
@@ -244,7 +246,7 @@ def test_smoke_on_two_nodes_like_a_local_run(cluster, tmp_path):
                                              for s, e, b, t in spans))
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
     meta = records.load_meta(tmp_path / "ray")
-    assert meta.config["executor"] == "ray"
+    assert meta.config.executor == "ray"
     assert {p.node for p in meta.drift_probes} == nodes and meta.calibration.node in nodes
     assert all((tmp_path / "ray" / x.log).is_file() for x in got)  # the nodes' logs came back
     # the same cells run locally: records of the same shape, a report of the same structure
@@ -264,7 +266,7 @@ def _train_worker_under(raylet: psutil.Process) -> dict | None:
     """The request of a training worker process running under ``raylet``, if there is one."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "fwbench.harness.worker" not in cmd:
+        if "fwbench.harness.run.worker" not in cmd:
             continue
         try:
             if raylet.pid not in [q.pid for q in p.parents()]:
@@ -285,7 +287,7 @@ def _raylets() -> list[psutil.Process]:
 
 def _workers_left() -> list[int]:
     return [p.pid for p in psutil.process_iter(["cmdline"])
-            if "fwbench.harness.worker" in (p.info["cmdline"] or [])]
+            if "fwbench.harness.run.worker" in (p.info["cmdline"] or [])]
 
 
 @pytest.mark.slow

@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from fwbench.harness import analysis, records, report, spec, stats, terminal, verdict
+from fwbench.harness.report import analysis, markdown as report, terminal, verdict
+from fwbench.harness import records, spec, stats
 
 from run_copies import derived_run
-from fwbench.harness.html_report import html_report, scatter_points
+from fwbench.harness.report.html import html_report, scatter_points
 
 TESTS = Path(__file__).parent
 FIX = TESTS / "fixtures"
@@ -32,13 +33,13 @@ FRAMEWORKS = ("torch", "tensorflow", "jax", "flax", "mindspore", "keras", "optax
 CHROMIUM = Path("/usr/bin/chromium")
 PLOTS_PER_TASK = 5  # accuracy by epoch, by time, throughput, memory, accuracy vs speed
 REGENERATE = "regenerate the fixtures: python scripts/make_fixtures.py"
-TIMEOUT = records.load_meta(SINGLE).config["timeout_s"]  # of run-single's hanging cell
+TIMEOUT = records.load_meta(SINGLE).config.timeout_s  # of run-single's hanging cell
 
 
 def renamed_run(tmp_path: Path, src: Path, names: dict[str, str]) -> Path:
     """``src`` with its backends renamed (the longest built-in names, for the width tests)."""
     def meta(m):
-        m.config["backends"] = [names[b] for b in m.config["backends"]]
+        m.config = dataclasses.replace(m.config, backends=[names[b] for b in m.config.backends])
         m.backends = {names[b]: info for b, info in m.backends.items()}
 
     def rename(r):
@@ -133,7 +134,7 @@ def test_fixtures_are_what_the_runner_wrote(run):
     """Every line reads as a current record, and the facts agree with each other (the old
     hand-edited fixture had a "600 s" timeout that took 4.2 s)."""
     loaded = records.load_run(run)
-    timeout = loaded.meta.config["timeout_s"]
+    timeout = loaded.meta.config.timeout_s
     assert loaded.records and all(r.log and (run / r.log).is_file() for r in loaded.records)
     for r in loaded.records:
         assert r.task in loaded.meta.tasks and r.backend in loaded.meta.backends
@@ -178,7 +179,7 @@ def test_the_run_s_own_task_definitions_are_reported(monkeypatch):
 def test_reports_import_no_framework():
     """In a fresh process (other tests may have imported torch into this one)."""
     pytest.importorskip("matplotlib")
-    code = ("import sys; from fwbench.harness import report, html_report; "
+    code = ("import sys; from fwbench.harness.report import markdown as report, html as html_report; "
             f"[report.markdown_report(r) + html_report.html_report(r) for r in {[str(RUN_A), str(SINGLE)]!r}]; "
             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({FRAMEWORKS!r})))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
@@ -366,9 +367,9 @@ def test_a_pair_that_cannot_pass_holm_is_too_few(tmp_path):
 def with_copy(tmp_path: Path, name: str = f"{FAST}#2") -> Path:
     """run-a with an A/A copy of the fast backend: the same processes under another name."""
     def meta(m):
-        m.config["backends"] = [*m.config["backends"], name]
+        m.config = dataclasses.replace(m.config, backends=[*m.config.backends, name])
         m.backends[name] = m.backends[FAST]
-        for t in m.config["tasks"]:
+        for t in m.config.tasks:
             m.stopping[f"{t}/{name}"] = m.stopping[f"{t}/{FAST}"]
 
     out = derived_run(tmp_path, RUN_A, "with-copy", edit_meta=meta)
@@ -447,12 +448,14 @@ def flagged_run(tmp_path: Path) -> Path:
     """run-a, quiet everywhere but: one lenet/fast process twice as slow (CV > 10%), two
     lenet/slow processes recorded on a busy machine."""
     def edit(r):
-        r.noise = {**(r.noise or {}), "busy": r.task == "lenet" and r.backend == SLOW and r.repeat in (1, 2)}
+        r.noise = dataclasses.replace(r.noise or records.Noise(),
+                                      busy=r.task == "lenet" and r.backend == SLOW and r.repeat in (1, 2))
         if (r.task, r.backend, r.repeat) == ("lenet", FAST, 3):
             r.step_samples_ms = [2 * x for x in r.step_samples_ms]
 
     def meta(m):
-        m.noise_at_start = {**m.noise_at_start, "busy": False, "text": "cores 1 over 1.00 s: quiet"}
+        m.noise_at_start = dataclasses.replace(m.noise_at_start, busy=False,
+                                               text="cores 1 over 1.00 s: quiet")
     return derived_run(tmp_path, RUN_A, "flagged", edit, meta)
 
 
@@ -476,10 +479,10 @@ def test_cv_and_busy_flags(tmp_path):
 
 def test_load_at_start_says_when_a_second_look_let_the_run_through():
     meta = records.load_run(RUN_A).meta
-    second = {"busy": False, "looks": 2, "text": "cores 0 over 2.00 s: quiet"}
+    second = records.NoiseAtStart(busy=False, looks=2, text="cores 0 over 2.00 s: quiet")
     for noise, shown in ((second, "cores 0 over 2.00 s: quiet (a second look: the first second "
                                   "was busy)"),
-                         ({**second, "looks": 1}, "cores 0 over 2.00 s: quiet")):
+                         (dataclasses.replace(second, looks=1), "cores 0 over 2.00 s: quiet")):
         lines = dict(verdict.meta_lines(dataclasses.replace(meta, noise_at_start=noise)))
         assert lines["load at start"] == shown
 
@@ -492,7 +495,7 @@ def test_run_json_noise_drift_and_stopping_are_shown():
             "(seeds + --repeats).")
     assert section(md, "lenet").count(stop) == 1 and html.count(stop) == 2
     noise = a.meta.noise_at_start
-    assert noise["text"] and f"load at start: {'BUSY: ' if noise['busy'] else ''}{noise['text']}" in md
+    assert noise.text and f"load at start: {'BUSY: ' if noise.busy else ''}{noise.text}" in md
     assert len(a.drift_ms) == 5 and "drift probes: 5 (a fixed NumPy workload before each round" in md
     for text in (md, html):
         assert "timing-only repeats per cell" in text
@@ -710,7 +713,7 @@ def test_html_when_nothing_has_data(tmp_path):
     run = tmp_path / "bare"
     run.mkdir()
     meta = records.load_meta(RUN_A)
-    meta.config.update(tasks=["mlp"], backends=["toy", "other"])
+    meta.config = dataclasses.replace(meta.config, tasks=["mlp"], backends=["toy", "other"])
     records.write_meta(run, meta)
     for r in (records.CellRecord("mlp", "toy", status="ok", test_accuracy=0.9),
               records.CellRecord("mlp", "other", status="crashed",

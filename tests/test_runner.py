@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fwbench.harness import records, runner
+from fwbench.harness import records
+from fwbench.harness.run import runner, supervise
 from fwbench.harness.adapter import Backend
 from fwbench.harness.errors import FwbenchError
 
@@ -69,7 +70,7 @@ def test_every_cell_ends_with_a_status_and_the_run_goes_on(tmp_path, toy_env):
     assert [x["backend"] for x in lines] == ["crash", "fail", "nan", "constant", "hang"]
     assert all(x["schema"] == records.SCHEMA for x in lines)
     meta = records.load_meta(tmp_path)
-    assert meta.config["backends"][0] == "crash"
+    assert meta.config.backends[0] == "crash"
     assert meta.tasks["mlp"]["layers"][1] == {"type": "Dense", "units": 512}
     assert meta.backends["constant"].adapter == "toy_backend:Constant"
     assert meta.backends["constant"].adapter_sha256  # the toy module's source, hashed
@@ -99,13 +100,13 @@ def test_repeats_are_timing_only_with_a_drift_probe_per_round_and_noise_per_cell
     assert [(r.backend, r.repeat) for r in out] == [("constant", 0), ("slow", 0), ("constant", 1), ("slow", 1)]
     timing = [r for r in out if r.repeat]
     assert all(r.test_accuracy is None and r.epochs == [] and r.steps == 5 for r in timing)
-    assert all(r.status == "ok" and set(r.noise) == {"others_cores", "steal_fraction", "loadavg_1m", "busy"}
+    assert all(r.status == "ok" and r.noise is not None and r.noise.busy is not None
                for r in out)
     meta = records.load_meta(tmp_path)
     assert [p.round for p in meta.drift_probes] == [0, 1]
     assert all(p.median_ms and p.median_ms > 0 for p in meta.drift_probes)
     assert meta.stopping["mlp/slow"].processes == 2 and "planned" in meta.stopping["mlp/slow"].reason
-    assert "busy" in meta.noise_at_start
+    assert meta.noise_at_start is not None and meta.noise_at_start.busy is not None
 
 
 def test_adaptive_repeats_stop_at_the_ci_or_the_cap(tmp_path, toy_env):
@@ -188,7 +189,7 @@ def _workers_of(pid):
     found = []
     for p in psutil.Process(pid).children(recursive=True):
         try:
-            if "fwbench.harness.worker" in " ".join(p.cmdline()):
+            if "fwbench.harness.run.worker" in " ".join(p.cmdline()):
                 found.append(p)
         except psutil.Error:
             pass
@@ -220,17 +221,17 @@ def test_a_sigkill_from_outside_is_killed_not_oom(tmp_path, toy_env):
 
 
 def test_oom_classification_needs_evidence(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "oom_kills", lambda: 6)  # the counter rose during the cell
-    o = runner._classify_exit(-signal.SIGKILL, tmp_path / "log", 5, 0, None)
+    monkeypatch.setattr(supervise, "oom_kills", lambda: 6)  # the counter rose during the cell
+    o = supervise._classify_exit(-signal.SIGKILL, tmp_path / "log", 5, 0, None)
     assert o.status == "oom" and "OOM killer" in o.error
-    o = runner._classify_exit(-signal.SIGKILL, tmp_path / "log", None, 95 * 2**20, 100 * 2**20)
+    o = supervise._classify_exit(-signal.SIGKILL, tmp_path / "log", None, 95 * 2**20, 100 * 2**20)
     assert o.status == "oom" and "near the limit" in o.error
-    monkeypatch.setattr(runner, "oom_kills", lambda: 5)
-    o = runner._classify_exit(-signal.SIGKILL, tmp_path / "log", 5, 10 * 2**20, 100 * 2**20)
+    monkeypatch.setattr(supervise, "oom_kills", lambda: 5)
+    o = supervise._classify_exit(-signal.SIGKILL, tmp_path / "log", 5, 10 * 2**20, 100 * 2**20)
     assert o.status == "killed"
-    assert runner._classify_exit(-signal.SIGSEGV, tmp_path / "log", 5, 0, None).status == "crashed"
+    assert supervise._classify_exit(-signal.SIGSEGV, tmp_path / "log", 5, 0, None).status == "crashed"
     monkeypatch.undo()
-    assert runner.oom_kills() is None or runner.oom_kills() >= 0  # the real counter reads
+    assert supervise.oom_kills() is None or supervise.oom_kills() >= 0  # the real counter reads
 
 
 RUNNER_SCRIPT = """
@@ -238,7 +239,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_runner import TOYS, config
-from fwbench.harness import runner
+from fwbench.harness.run import runner
 runner.run(config([{backend!r}], seeds=(0, 1, 2, 3)), Path({run_dir!r}), TOYS)
 """
 
@@ -297,10 +298,10 @@ def test_torch_compile_workers_die_with_the_runner(tmp_path):
     the Spawner toy in test_kill_9_of_the_runner_then_resume[mid-cell] is the case that
     fails without fwbench's watchdog -- checked by disabling it.)"""
     pytest.importorskip("torch", reason="PyTorch is not installed")
-    from fwbench.harness.adapter import discover
+    from fwbench.harness.catalog.backends import discover
 
     script = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(TESTS)!r})\n"
-              "from fwbench.harness import runner\nfrom fwbench.harness.adapter import discover\n"
+              "from fwbench.harness.run import runner\nfrom fwbench.harness.catalog.backends import discover\n"
               "b = discover()\n"
               f"runner.run(runner.RunConfig(('mlp',), ('torch-compile',), 'smoke', (0,), 2, 600.0),"
               f" Path({str(tmp_path)!r}), b)\n")
@@ -331,7 +332,7 @@ class _Looks:
         self.left, self.seconds = list(others_cores), []
 
     def noise(self, threads, seconds):
-        from fwbench.harness import noise
+        from fwbench.harness.measure import noise
 
         self.seconds.append(seconds)
         o = self.left.pop(0)
@@ -344,7 +345,7 @@ class _Looks:
     ((0.5, 0.5), True, [1.0, 2.0]),  # a load that lasts: refused
 ])
 def test_noise_guard_looks_twice_before_refusing(loads, refused, looks):
-    meta = type("Meta", (), {"noise_at_start": {}})()
+    meta = type("Meta", (), {"noise_at_start": None})()
     executor = _Looks(*loads)
     cfg = dataclasses.replace(config(["constant"]), profile="quick")
     if refused:
@@ -352,14 +353,14 @@ def test_noise_guard_looks_twice_before_refusing(loads, refused, looks):
             runner._noise_guard(cfg, executor, meta, lambda s: None)
     else:
         runner._noise_guard(cfg, executor, meta, lambda s: None)
-    assert executor.seconds == looks and meta.noise_at_start["looks"] == len(looks)
-    assert meta.noise_at_start["busy"] is refused
+    assert executor.seconds == looks and meta.noise_at_start.looks == len(looks)
+    assert meta.noise_at_start.busy is refused
 
 
 def test_noise_guard_smoke_and_allow_busy_warn_after_one_look():
     for cfg in (config(["constant"]), dataclasses.replace(config(["constant"]), profile="quick", allow_busy=True)):
-        meta, said = type("Meta", (), {"noise_at_start": {}})(), []
+        meta, said = type("Meta", (), {"noise_at_start": None})(), []
         executor = _Looks(0.5)
         runner._noise_guard(cfg, executor, meta, said.append)
-        assert executor.seconds == [1.0] and meta.noise_at_start["busy"] is True
+        assert executor.seconds == [1.0] and meta.noise_at_start.busy is True
         assert said and said[0].startswith("warning: the machine is busy: cores 0 over 1.00 s: other processes used 0.50")

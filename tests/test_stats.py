@@ -12,6 +12,7 @@ from scipy.signal import lfilter
 from scipy.stats import mannwhitneyu
 
 from fwbench.harness import stats
+from fwbench.harness.records import CellRecord
 
 # ------------------------------------------------------------------ a realistic generator
 
@@ -308,11 +309,11 @@ def test_drift_and_regression_verdict():
 
 
 def test_summarize_one_figure_per_process():
-    recs = [{"task": "mlp", "backend": "jax", "seed": s, "repeat": rep, "status": "ok",
-             "test_accuracy": 0.98 if rep == 0 else None,
-             "step_samples_ms": list(np.full(50, 1.0 + 0.01 * (3 * s + rep)))}
+    recs = [CellRecord(task="mlp", backend="jax", seed=s, repeat=rep, status="ok",
+                       test_accuracy=0.98 if rep == 0 else None,
+                       step_samples_ms=list(np.full(50, 1.0 + 0.01 * (3 * s + rep))))
             for s in range(3) for rep in range(2)]
-    recs.append({"task": "mlp", "backend": "jax", "seed": 9, "status": "failed"})
+    recs.append(CellRecord(task="mlp", backend="jax", seed=9, status="failed"))
     (s,) = stats.summarize(recs, {"mlp": 128})
     assert (s.cells, s.ok, s.processes, len(s.accuracies)) == (7, 6, 6, 3)
     assert s.step_ms == pytest.approx(1.035)  # figures 1.00 1.01 1.03 1.04 1.06 1.07

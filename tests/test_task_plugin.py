@@ -47,7 +47,7 @@ def fwbench(python: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_plugin_is_not_in_this_environment():
-    from fwbench.harness import tasks
+    from fwbench.harness.catalog import tasks
 
     assert "toy-bars" not in tasks.discover().tasks  # only the throw-away venv has it
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fwbench.harness import data, spec, tasks
+from fwbench.harness import data, spec
+from fwbench.harness.catalog import tasks
 from fwbench.harness.errors import DataError, FwbenchError
 
 TESTS = Path(__file__).parent
@@ -67,10 +68,10 @@ def test_builtin_datasets_and_preprocessings_are_registered():
     assert set(data.DATASETS) >= {"mnist", "imdb"}
     for task in spec.TASKS.values():  # every built-in task can run
         assert tasks.task_problem(task) == "", task.name
-        assert data.dataset(task.dataset).name == task.dataset
-        assert callable(data.preprocessing(task.preprocessing))
+        assert tasks.dataset(task.dataset).name == task.dataset
+        assert callable(tasks.preprocessing(task.preprocessing))
     with pytest.raises(DataError, match="unknown data set 'nope'; registered: mnist, imdb"):
-        data.dataset("nope")
+        tasks.dataset("nope")
 
 
 def test_a_plugin_registers_a_task_with_its_data_set_and_preprocessing(plugins, tmp_path):

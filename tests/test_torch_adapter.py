@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fwbench.harness import reference, spec
-from fwbench.harness.adapter import discover
+from fwbench.harness.catalog.backends import discover
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[torch]')")
 

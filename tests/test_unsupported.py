@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fwbench.harness import analysis, report, spec
+from fwbench.harness.report import analysis, markdown as report
+from fwbench.harness import spec
 
 PLUGIN = Path(__file__).parent / "plugin"
 
@@ -84,8 +85,8 @@ def test_check_with_nothing_to_compare_fails_in_one_line(toy_env):
 
 
 def test_verdict_separates_unsupported_from_failures():
-    from fwbench.harness import verdict
-    from fwbench.harness.analysis import BackendResult, TaskResult
+    from fwbench.harness.report import verdict
+    from fwbench.harness.report.analysis import BackendResult, TaskResult
 
     ok = BackendResult("gru", "torch", 1, 1, 1, [])
     ok.seeds = 1

@@ -1,0 +1,1 @@
+"""Checking: parity against the ground truth, idiomatic reference loops, overhead."""

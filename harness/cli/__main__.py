@@ -1,0 +1,5 @@
+"""``python -m fwbench.harness.cli``: the fwbench command."""
+
+from fwbench.harness.cli import main
+
+main()

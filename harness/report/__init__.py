@@ -1,0 +1,1 @@
+"""Reports: analysis, verdicts, compare, Markdown, HTML, terminal tables, exports."""

@@ -1,0 +1,1 @@
+"""Processes: supervision, the watchdog, the worker, executors, the runner, resume, envs."""
