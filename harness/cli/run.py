@@ -96,7 +96,7 @@ def run_cmd(
         if device is None:  # --resume of a GPU run: this machine's GPU checked now
             device_option(config.device)
         device_preflight_lines(devices.parse(config.device), config.backends, known,
-                          {n: runner.env_python(e) for n, e in env_map.items()})
+                               {n: runner.env_python(e) for n, e in env_map.items()}, machine)
     _locked(run_dir, lambda: _run_with_progress(config, run_dir, known, force_resume, env_map,
                                                 machine), machine)
 
@@ -158,10 +158,11 @@ def _check_writable(run_dir: Path, nodes: list, threads: int) -> None:
                            f"{small[0].node} has {len(small[0].cpus)} core(s) available")
 
 
-def device_preflight_lines(dev, names, known: dict[str, Backend], pythons: dict[str, str]) -> dict[str, str]:
+def device_preflight_lines(dev, names, known: dict[str, Backend], pythons: dict[str, str],
+                           machine: executors.Executor | None = None) -> dict[str, str]:
     """One line per backend whose build cannot compute on ``dev`` (its cells are then
-    recorded unsupported); returns backend -> reason."""
-    found = runner.device_preflight(dev, list(names), known, pythons)
+    recorded unsupported; asked where the cells run); returns backend -> reason."""
+    found = runner.device_preflight(dev, list(names), known, pythons, machine)
     for name, why in found.items():
         err.print(f"fwbench: {name}: --device {dev}: {why}; its cells are recorded "
                   "unsupported, the other backends run", style="yellow", highlight=False,

@@ -60,22 +60,24 @@ def backend_spec(backend: Backend, config: RunConfig | None = None, seed: int = 
 
 
 def device_preflight(dev: device.Device, names: list[str], known: dict[str, Backend],
-                     pythons: dict[str, str]) -> dict[str, str]:
+                     pythons: dict[str, str], executor: Executor | None = None) -> dict[str, str]:
     """A GPU run, before anything runs: each backend's installed build asked (in a worker
-    process, after its import) whether it can compute on ``dev``. Returns backend -> why
-    not, for each that cannot (its cells are then recorded ``unsupported``)."""
+    process on the executor's first node, after its import) whether it can compute on
+    ``dev``. Returns backend -> why not, for each that cannot (its cells are then recorded
+    ``unsupported``)."""
     import tempfile
 
     from fwbench.harness.catalog import labels
-    from fwbench.harness.run.supervise import run_worker
 
+    executor = executor or LocalExecutor()
+    node = executor.nodes()[0].node
     found: dict[str, str] = {}
-    cpus = environment.available_cpus()[:1]
     with tempfile.TemporaryDirectory(prefix="fwbench-device-") as tmp:
-        for name in dict.fromkeys(labels.uncopied(n) for n in names):
-            request = records.DeviceRequest(1, cpus, backend_spec(known[name]), dev.name)
-            outcome = run_worker(request, Path(tmp) / f"{name}.log", 300, lambda e: None,
-                                 python=pythons.get(name))
+        jobs = [Job(f"device-{name}", records.DeviceRequest(1, [], backend_spec(known[name]), dev.name),
+                    Path(tmp) / f"{name}.log", 300, python=pythons.get(name), node=node)
+                for name in dict.fromkeys(labels.uncopied(n) for n in names)]
+        for done in executor.run(jobs):
+            outcome, name = done.outcome, done.job.key.removeprefix("device-")
             why = (outcome.result.get("unsupported") if outcome.status == "ok"
                    else f"its import failed ({outcome.status}: {outcome.error})")
             if why:
