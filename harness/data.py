@@ -11,8 +11,8 @@ by the checksums of their inputs, so a second run does not re-tokenize. The chea
 preprocessing (scaling, padding) is done by the worker, inside its timed data phase.
 
 Both are registries: ``DATASETS`` (name -> ``DataSet``: files, where they are found, how they
-decode) and ``PREPROCESS`` (name -> function) hold the built-ins; ``dataset(name)`` and
-``preprocessing(name)`` also find those a plugin registered (``harness/tasks.py``).
+decode) and ``PREPROCESS`` (name -> function) hold the built-ins; ``catalog.tasks.dataset``
+and ``catalog.tasks.preprocessing`` find them by name, and those a plugin registered too.
 """
 
 from __future__ import annotations
@@ -399,7 +399,7 @@ def _sample_files(files: dict[str, RawFile]) -> dict[str, RawFile]:
     return {role: RawFile(raw.path, manifest.get(raw.path, "")) for role, raw in files.items()}
 
 
-DATASETS: dict[str, DataSet] = {  # the built-ins; plugins add theirs (harness/tasks.py)
+DATASETS: dict[str, DataSet] = {  # the built-ins; plugins add theirs (harness/catalog/tasks.py)
     "mnist": DataSet("mnist", (MNIST_FILES,), _mnist_arrays, None, _sample_files(MNIST_FILES),
                      SAMPLE_DIR, "MNIST handwritten digits, 60,000 + 10,000 28x28 uint8 images"),
     "imdb": DataSet("imdb", ({"csv": IMDB_CSV}, {"tar": IMDB_TAR}), _imdb_decode, None,

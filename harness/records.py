@@ -866,7 +866,7 @@ class EnvInfo:
 
     name: str  # folder name: <family>[-<version>]-<key[:12]>
     path: str  # the env's folder; its interpreter is bin/python
-    key: str  # sha256 of its full requirement set (harness/envs.py)
+    key: str  # sha256 of its full requirement set (harness/run/envs.py)
     python: str  # Python version of the env's interpreter
     packages: dict[str, str]  # every distribution in the env -> version
     requirements: list[str] = field(default_factory=list)  # the backend's requirement lines

@@ -56,7 +56,7 @@ _WARNED: set[str] = set()
 
 
 def task_names(value: Optional[str]) -> list[str]:
-    """--tasks as task names ([] if not given): built-in and plugin tasks (harness/tasks.py).
+    """--tasks as task names ([] if not given): built-in and plugin tasks (catalog/tasks.py).
     A broken or clashing task plugin is a warning line, printed once; a task named here that
     cannot run is the one-line error instead (saying why)."""
     for item in (value or "").split(","):

@@ -4,8 +4,8 @@
 per task a ranked list of ``BackendResult`` (medians, intervals, time to target, memory,
 start, the per-process points and curves the plots draw), the step-time ``Pair`` of every
 two backends, the "which framework for what" ``Pick``s, the cells that did not finish and
-the adapters' sizes. No words here (``verdict`` phrases them), no drawing (``report`` and
-``html_report`` render them), no framework import.
+the adapters' sizes. No words here (``verdict`` phrases them), no drawing (``markdown`` and
+``html`` render them), no framework import.
 
 Every task fact (description, target accuracy, batch size) comes from the run's own
 snapshot (``run.meta.tasks``, see ``task_facts``), never from today's ``spec.TASKS``: an old

@@ -1,7 +1,7 @@
 """The Markdown report of a run: draws an ``analysis.Analysis`` with the words of ``verdict``.
 
 Reads results only (through ``analysis``); never imports a framework. The HTML report
-(``html_report``) draws the same analysis; the tables for export are ``tables``.
+(``html``) draws the same analysis; the tables for export are ``tables``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ kernel sends the watchdog SIGTERM the moment the runner dies, even by ``kill -9`
 (``PR_SET_PDEATHSIG``), and the watchdog SIGKILLs the whole group, itself included. When a
 cell ends normally the runner kills the group itself, so nothing a worker left behind
 survives the cell either. A process that leaves the group on purpose (``setsid``) escapes
-both; the runner also kills any descendant it can still see (see ``runner._kill_group``).
+both; the runner also kills any descendant it can still see (see ``supervise._kill_group``).
 """
 
 from __future__ import annotations
