@@ -11,7 +11,7 @@ from rich.markup import escape
 from fwbench.harness import records
 from fwbench.harness.cli.common import csv_items, app, console, err
 from fwbench.harness.errors import FwbenchError
-from fwbench.harness.report import analysis, compare, export, terminal, verdict
+from fwbench.harness.report import analysis, compare, terminal, verdict
 from fwbench.harness.report import markdown as report
 
 
@@ -89,6 +89,8 @@ def export_cmd(
     tensorboard: Optional[Path] = typer.Option(None, help="Also write the per-epoch curves as TensorBoard scalars here."),
 ) -> None:
     """The records as tables (cells, epochs), and optionally TensorBoard scalars."""
+    from fwbench.harness.report import export  # pandas: imported by the command that needs it
+
     run = records.load_run(run_dir)  # read once, refused with one line if not a run folder
     for path in export.export(run, format, out or run_dir / "export"):
         console.print(f"wrote {path}")
