@@ -18,8 +18,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,8 +40,6 @@ def pin_threads(cpus: list[int], threads: int) -> None:
                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
                 "PJRT_NPROC"):  # XLA:CPU sizes its pool from PJRT_NPROC at client creation
         os.environ[var] = str(threads)
-
-
 
 
 # NumPy is imported inside functions, after ``pin_threads``: its BLAS starts threads at
