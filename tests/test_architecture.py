@@ -155,6 +155,17 @@ def test_cli_modules_under_400_lines():
     assert long_cli_modules() == []
 
 
+def test_every_room_is_a_package_the_wheel_ships():
+    """pyproject lists packages explicitly: a subpackage missing there is missing from a
+    non-editable install (an editable one would hide it)."""
+    import re
+
+    text = (HARNESS.parent / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(fwbench\.harness[\w.]*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    packages = {module_name(p) for p in HARNESS.rglob("__init__.py")}
+    assert packages <= listed, sorted(packages - listed)
+
+
 def test_the_checks_can_fail():
     """The checkers find what they look for: a cycle, an upward import, a long function."""
     g = {f"{PACKAGE}.spec": {f"{PACKAGE}.run.runner"}, f"{PACKAGE}.run.runner": {f"{PACKAGE}.spec"}}
