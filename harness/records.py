@@ -502,6 +502,7 @@ class Noise:
     steal_fraction: float | None = None  # stolen by the hypervisor / all time of those cores
     loadavg_1m: float | None = None  # the whole machine's
     busy: bool | None = None  # above the thresholds of ``measure.noise.is_busy``
+    runner_cores: float | None = None  # the supervising process's own CPU meanwhile, in cores
 
 
 @dataclass
@@ -683,7 +684,7 @@ class CellRecord:
     # run-level (runner)
     noise: Noise | None = _f("what else used the cell's cores while it ran: others_cores "
                              "(other processes' CPU, in cores), steal_fraction, loadavg_1m, "
-                             "busy")
+                             "busy, runner_cores (the supervising runner's own CPU, in cores)")
     threads: int | None = _f("threads of the cell")
     affinity: list[int] = _f("CPUs the worker was pinned to", factory=list)
     wall_s: float | None = _f("wall time of the whole worker process", "s")
@@ -699,6 +700,9 @@ class CellRecord:
                                    "never rank cells of different ids together")
     lost_node: str | None = _f("a node that died during an earlier attempt of this cell, "
                                "which then ran again on `node`")
+    containment: str | None = _f("how the cell's processes were held and killed: cgroup (its "
+                                 "own cgroup v2, cgroup.kill) or process group + subreaper "
+                                 "(the watchdog), and why not a cgroup")
 
     MEASURED: ClassVar[tuple[str, ...]] = ()  # set below: the fields a worker may fill
 
@@ -764,6 +768,7 @@ class RunFields:
     node: str | None
     hardware: Hardware | None
     lost_node: str | None = None
+    containment: str | None = None
     pct_of_gemm_peak: float | None = None
     energy_j: float | None = None
     energy_j_per_sample: float | None = None
@@ -1019,8 +1024,26 @@ class TaskFacts:
 def write_meta(run_dir: Path, meta: RunMeta) -> None:
     path = run_dir / RUN_JSON
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(meta.to_json(), indent=2, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a crash never leaves an empty file
     os.replace(tmp, path)  # atomic: a kill never leaves half a run.json
+    _fsync_dir(run_dir)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """The rename itself on disk (where the platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_meta(run_dir: Path) -> RunMeta:

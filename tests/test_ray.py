@@ -26,6 +26,7 @@ from fwbench.harness.report import analysis, compare, markdown as report
 from fwbench.harness.measure import environment
 from fwbench.harness import records
 from fwbench.harness.errors import FwbenchError
+from procs import is_worker
 
 FIX = Path(__file__).parent / "fixtures"
 RAY_BIN = Path(sys.executable).parent / "ray"
@@ -266,7 +267,7 @@ def _train_worker_under(raylet: psutil.Process) -> dict | None:
     """The request of a training worker process running under ``raylet``, if there is one."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "fwbench.harness.run.worker" not in cmd:
+        if not is_worker(cmd):
             continue
         try:
             if raylet.pid not in [q.pid for q in p.parents()]:
@@ -287,7 +288,7 @@ def _raylets() -> list[psutil.Process]:
 
 def _workers_left() -> list[int]:
     return [p.pid for p in psutil.process_iter(["cmdline"])
-            if "fwbench.harness.run.worker" in (p.info["cmdline"] or [])]
+            if is_worker(p.info["cmdline"])]
 
 
 @pytest.mark.slow

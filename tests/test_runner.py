@@ -17,6 +17,7 @@ from fwbench.harness import records
 from fwbench.harness.run import runner, supervise
 from fwbench.harness.adapter import Backend
 from fwbench.harness.errors import FwbenchError
+from procs import is_worker
 
 TESTS = Path(__file__).parent
 
@@ -189,7 +190,7 @@ def _workers_of(pid):
     found = []
     for p in psutil.Process(pid).children(recursive=True):
         try:
-            if "fwbench.harness.run.worker" in " ".join(p.cmdline()):
+            if is_worker(p.cmdline()):
                 found.append(p)
         except psutil.Error:
             pass

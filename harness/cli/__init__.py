@@ -30,9 +30,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         code = command.main(args=args, prog_name="fwbench", standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
-    except typer.Abort:
+    except typer.Abort as exc:  # Ctrl-C, or a stop signal (run.signals), before any work
         err.print("aborted")
-        code = 130
+        code = getattr(exc.__cause__, "exit_code", 130)
     except typer.TyperException as exc:  # typer's usage errors (it vendors click since 0.20)
         print(f"fwbench: error: {exc.format_message()} (see fwbench --help)", file=sys.stderr)
         code = 2

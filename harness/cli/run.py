@@ -22,7 +22,7 @@ from fwbench.harness.cli.common import (CREATE_ENVS_HELP, DEVICE_HELP, ENVS_DIR_
 from fwbench.harness.errors import FwbenchError
 from fwbench.harness.measure import device as devices
 from fwbench.harness.report import analysis, terminal, verdict
-from fwbench.harness.run import envs, executors, resume, runner
+from fwbench.harness.run import envs, executors, resume, runner, signals
 
 _EXECUTOR_HELP = ("local (default): the cells one after another on this machine | ray: on the "
                   "nodes of a Ray cluster, one cell per node at a time (pip install -e \".[ray]\"; "
@@ -57,6 +57,8 @@ def run_cmd(
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Train every (task, backend, seed) cell, each in its own process."""
+    for note in signals.install():  # SIGINT, SIGTERM and SIGHUP stop a run cleanly
+        err.print(f"fwbench: {note}", style="yellow", highlight=False, markup=False)
     # Every option is checked (RunOptions) before anything looks for backends, so a bad value
     # gets its own message even where no framework is installed.
     options = records.RunOptions(
@@ -97,8 +99,14 @@ def run_cmd(
             device_option(config.device)
         device_preflight_lines(devices.parse(config.device), config.backends, known,
                                {n: runner.env_python(e) for n, e in env_map.items()}, machine)
-    _locked(run_dir, lambda: _run_with_progress(config, run_dir, known, force_resume, env_map,
-                                                machine), machine)
+    try:
+        _locked(run_dir, lambda: _run_with_progress(config, run_dir, known, force_resume,
+                                                    env_map, machine), machine)
+    except KeyboardInterrupt as exc:  # signals.Interrupted, or Ctrl-C without its handler
+        with signals.deferred():  # a second signal does not skip the hint
+            print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume "
+                  f"{run_dir}", file=sys.stderr, flush=True)
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
 
 def _total_memory_gib() -> float:
@@ -182,8 +190,9 @@ def _locked(run_dir: Path, work, machine) -> None:
     try:
         work()
     finally:
-        lock.release()
-        machine.close()
+        with signals.deferred():
+            lock.release()
+            machine.close()
 
 
 def _saved_executor(run_dir: Optional[Path]) -> Optional[str]:
@@ -217,15 +226,10 @@ def _run_with_progress(config: records.RunConfig, run_dir: Path, known: dict[str
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
                         transient=False)
-    try:
-        with progress:
-            runner.run(config, run_dir, known, on_event=_progress_events(progress, config),
-                       on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume,
-                       envs=env_map, executor=machine)
-    except KeyboardInterrupt:
-        print(f"interrupted; finished cells are kept. Resume with: fwbench run --resume {run_dir}",
-              file=sys.stderr)
-        raise typer.Exit(130)
+    with progress:
+        runner.run(config, run_dir, known, on_event=_progress_events(progress, config),
+                   on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume,
+                   envs=env_map, executor=machine)
     _print_summary(run_dir)
 
 

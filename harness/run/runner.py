@@ -22,7 +22,7 @@ from fwbench.harness.catalog import tasks as task_registry
 from fwbench.harness.errors import FwbenchError
 from fwbench.harness.measure import device, environment
 from fwbench.harness.records import RESULTS, RUN_JSON, Cell, CellRecord, RunConfig, RunMeta  # noqa: F401 - re-exported
-from fwbench.harness.run import resume
+from fwbench.harness.run import resume, signals
 from fwbench.harness.run.executors import Done, Executor, Job, LocalExecutor
 
 
@@ -125,7 +125,8 @@ class _Run:
     out: list[CellRecord] = field(default_factory=list)  # this invocation's records
 
     def save(self) -> None:
-        records.write_meta(self.run_dir, self.meta)
+        with signals.deferred():
+            records.write_meta(self.run_dir, self.meta)
 
 
 def run(config: RunConfig, run_dir: Path, backends: dict[str, Backend],
@@ -332,10 +333,11 @@ def _run_round(r: _Run, number: int, cells: list[Cell]) -> None:
         cell = found.job.cell
         if cell.ident in r.recorded:  # never twice, whatever an executor hands back
             continue
-        record = _record(r, found)
-        records.append_record(r.run_dir / RESULTS, record)
-        r.recorded.add(cell.ident)
-        r.out.append(record)
+        with signals.deferred():  # a stop signal waits until the record is written
+            record = _record(r, found)
+            records.append_record(r.run_dir / RESULTS, record)
+            r.recorded.add(cell.ident)
+            r.out.append(record)
         r.on_event(CellEvent(cell, "end", record=record))
 
 
@@ -387,6 +389,7 @@ def _record(r: _Run, found: Done) -> CellRecord:
         noise=found.noise, wall_s=found.ended - found.started, started=_iso(found.started),
         ended=_iso(found.ended), log=str(found.job.log_path.relative_to(r.run_dir)),
         node=found.node, hardware=hardware, lost_node=found.lost_node,
+        containment=outcome.containment,
         pct_of_gemm_peak=(100 * record.achieved_gflops / peak
                           if peak and record.achieved_gflops else None),
         energy_j=energy_j, energy_j_per_sample=per_sample))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fwbench.harness import records
-from fwbench.harness.errors import FwbenchError
+from fwbench.harness.run import signals
 
 
 @dataclass
@@ -32,15 +32,7 @@ class Outcome:
     error: str | None = None
     result: dict[str, Any] = dataclasses.field(default_factory=dict)
     pids: list[int] = dataclasses.field(default_factory=list)  # the cell's processes seen
-
-
-def _tree(proc) -> list:
-    import psutil
-
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return []
+    containment: str | None = None  # how the watchdog held the cell's processes
 
 
 def _tree_rss(procs: list) -> int:
@@ -78,26 +70,26 @@ def oom_kills() -> int | None:
     return None
 
 
-def _start_watchdog() -> subprocess.Popen:
-    """A watchdog leading a new process group (in the runner's session: a process may only
-    join a group of its own session); the worker joins that group (see ``watchdog``)."""
-    dog = subprocess.Popen([sys.executable, "-m", "fwbench.harness.run.watchdog", str(os.getpid())],
-                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                           **_in_group(0))
-    assert dog.stdout is not None
-    if dog.stdout.readline().strip() != "ready":
-        dog.kill()
-        raise FwbenchError("the worker watchdog did not start")
-    return dog
+WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
+SAMPLE_S = 0.5  # how often the runner reads the cell's process tree (memory, pids)
+DRAIN_S = 2.0  # how long the runner reads a dead watchdog's pipe for the last lines
+KILL_WAIT_S = 5.0  # how long the watchdog may take to kill the cell before the runner does
 
 
-def _kill_group(group: int, known: list) -> None:
-    """SIGKILL the cell's process group and every descendant seen during the cell (a
-    process that left the group with setsid is still among them if it was ever seen)."""
+def _kill_cell(dog: subprocess.Popen, cgroup: str | None, known: list) -> None:
+    """Kill everything of the cell: the watchdog kills its cgroup or its whole tree (it is
+    the subreaper of the worker's descendants) and its group; then the runner SIGKILLs the
+    group and every process it saw during the cell (in case the watchdog was dead already),
+    and removes the cell's cgroup."""
     import psutil
 
     try:
-        os.killpg(group, signal.SIGKILL)
+        dog.send_signal(signal.SIGTERM)
+        dog.wait(KILL_WAIT_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(dog.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
     for p in known:
@@ -105,6 +97,27 @@ def _kill_group(group: int, known: list) -> None:
             p.kill()
         except psutil.Error:
             pass
+    try:
+        dog.wait(KILL_WAIT_S)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process SIGKILL cannot stop
+        pass
+    if cgroup is not None:
+        _remove_cgroup(cgroup)
+
+
+def _remove_cgroup(folder: str) -> None:
+    """Remove a cell's cgroup once its last process is gone (killed: at most a moment)."""
+    deadline = time.monotonic() + KILL_WAIT_S
+    while True:
+        try:
+            os.rmdir(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:  # still populated for a moment after cgroup.kill
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
 
 def _in_group(group: int) -> dict[str, Any]:
@@ -129,27 +142,31 @@ def _worker_env(python: str | None) -> dict[str, str]:
 def _write_request(request: records.Request) -> str:
     """The request as a temporary JSON file (the worker's one argument)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({**request.to_json(), "runner_pid": os.getpid()}, f)
+        json.dump(request.to_json(), f)
         return f.name
 
 
 class _Watch:
-    """What the runner sees of one running worker: its output lines (read on a thread), its
-    process tree (sampled every 0.1 s) and the record it sent."""
+    """What the runner sees of one running cell: the lines of its pipe (the worker's events
+    and the watchdog's, read on a thread), its process tree (sampled every SAMPLE_S) and the
+    record it sent."""
 
-    def __init__(self, proc: subprocess.Popen, seen: list, group: int) -> None:
+    def __init__(self, dog: subprocess.Popen, seen: list) -> None:
         import psutil
 
-        self.proc, self.seen, self.group = proc, seen, group
-        self.watched = psutil.Process(proc.pid)
+        self.dog, self.seen = dog, seen
+        self.watched = psutil.Process(dog.pid)
         self.events: queue.Queue[str | None] = queue.Queue()
         self.result: dict[str, Any] | None = None
+        self.exit: dict[str, Any] | None = None  # the watchdog's word on the worker's exit
+        self.containment: str | None = None
+        self.cgroup: str | None = None
         self.last_rss = 0
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        assert self.dog.stdout is not None
+        for line in self.dog.stdout:
             self.events.put(line)
         self.events.put(None)
 
@@ -158,43 +175,73 @@ class _Watch:
             event = json.loads(line)
         except json.JSONDecodeError:
             return
-        if event.get("event") == "record":
+        kind = event.get("event")
+        if kind == "record":
             self.result = event["record"]
+        elif kind == "exit":
+            self.exit = event
+        elif kind == "watchdog":
+            self.containment, self.cgroup = event.get("containment"), event.get("cgroup")
         else:
             on_event(event)
 
     def sample(self) -> int:
-        """The tree's resident memory now (the last figure if it cannot be read)."""
-        tree = _tree(self.watched)
+        """The worker tree's resident memory now (the last figure if it cannot be read)."""
+        import psutil
+
+        try:
+            tree = [self.watched, *self.watched.children(recursive=True)]
+        except psutil.Error:
+            tree = []
         self.seen.extend(p for p in tree if p not in self.seen)
-        self.last_rss = _tree_rss(tree) or self.last_rss
+        self.last_rss = _tree_rss(tree[1:]) or self.last_rss
         return self.last_rss
 
-    def follow(self, timeout_s: float, limit: float | None, limit_gib: float | None,
+    def _drain(self, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """The watchdog is gone: the lines still in its pipe, for at most DRAIN_S (a
+        descendant of the worker may hold the pipe open)."""
+        deadline = time.monotonic() + DRAIN_S
+        while self.exit is None and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.events.get(timeout=left)
+            except queue.Empty:
+                return
+            if line is None:
+                return
+            self.handle(line, on_event)
+
+    def follow(self, timeout_s: float, limit: float | None,
                on_event: Callable[[dict[str, Any]], None]) -> Outcome | None:
-        """Until the worker's output ends (None), or the timeout or the memory limit kills
-        its group (that outcome)."""
+        """Until the worker exits (None: its exit code is ``self.exit``), its watchdog dies,
+        or the timeout or the memory limit ends the cell (that outcome). A signal for the
+        run raises ``Interrupted`` here (``signals.check``)."""
         deadline = time.monotonic() + timeout_s
         next_sample = 0.0
-        while True:
+        while self.exit is None:
+            signals.check()
             try:
                 line = self.events.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
             except queue.Empty:
                 line = ""
-            if line is None:
-                return None
             if line:
                 self.handle(line, on_event)
+                signals.fault("loop")
+            elif line is None or self.dog.poll() is not None:
+                if line is not None:  # no end of file yet: lines may still be on their way
+                    self._drain(on_event)
+                if self.exit is None:
+                    return Outcome("crashed", f"the cell's watchdog died (exit code "
+                                              f"{self.dog.wait()}) before the worker ended")
+                break
             if time.monotonic() >= next_sample:
-                next_sample = time.monotonic() + 0.1
+                next_sample = time.monotonic() + SAMPLE_S
                 rss = self.sample()
                 if limit is not None and rss > limit:
-                    _kill_group(self.group, self.seen)
                     return Outcome("oom", f"resident memory {rss / 2**30:.1f} GiB "
-                                          f"exceeded the limit of {limit_gib:g} GiB; killed")
+                                          f"exceeded the limit of {limit / 2**30:g} GiB; killed")
             if time.monotonic() >= deadline:
-                _kill_group(self.group, self.seen)
                 return Outcome("timeout", f"no result after {timeout_s:g} s; killed")
+        return None
 
 
 def run_worker(request: records.Request, log_path: Path, timeout_s: float,
@@ -205,54 +252,60 @@ def run_worker(request: records.Request, log_path: Path, timeout_s: float,
     ``python``: the interpreter of the worker (a backend's env, ``--envs isolated``; it gets
     no PYTHONPATH, and its env's bin first on PATH); default: the runner's own.
 
-    The worker runs in the process group of a watchdog that SIGKILLs the group when the
-    runner dies (even by kill -9); the runner kills the group when the worker ends, times
-    out, exceeds the memory limit or on Ctrl-C, so no process of the cell outlives it. The
-    memory limit is enforced on the resident memory of the worker's process tree, sampled
-    every 0.1 s (an address-space rlimit would break JAX and TensorFlow, which reserve far
-    more virtual memory than they use).
+    A watchdog (``watchdog``) leads the cell's process group, starts the worker and kills
+    everything of the cell when the runner dies (even by kill -9) or asks it to; the runner
+    asks when the worker has exited, timed out, exceeded the memory limit, or on a signal
+    (``signals``), so no process of the cell outlives it. The processes start inside a
+    ``signals.blocked`` section: no signal lands between their start and the ``try`` that
+    cleans them up. The memory limit is enforced on the resident memory of the worker's
+    process tree, sampled every SAMPLE_S (an address-space rlimit would break JAX and
+    TensorFlow, which reserve far more virtual memory than they use).
     """
-    import psutil
-
-    cfg_path = _write_request(request)
-    env = _worker_env(python)
     limit = memory_limit_gib * 2**30 if memory_limit_gib else None
-    outcome: Outcome | None = None
     oom_before = oom_kills()
     seen: list = []
+    dog: subprocess.Popen | None = None
     watch: _Watch | None = None
-    dog = _start_watchdog()
-    group = dog.pid
-    seen.append(psutil.Process(dog.pid))
+    cfg_path: str | None = None
     try:
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(
-                [python or sys.executable, "-m", "fwbench.harness.run.worker", cfg_path],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
-                # Frameworks drop files into the working directory (MindSpore's rank_0/ graph
-                # dumps): the worker runs in the folder of its log, not the user's.
-                cwd=log_path.resolve().parent,
-                env=env, **_in_group(group),
-            )
-            watch = _Watch(proc, seen, group)
-            outcome = watch.follow(timeout_s, limit, memory_limit_gib, on_event)
-            proc.wait()
+        with signals.blocked():
+            cfg_path = _write_request(request)
+            worker = [python or sys.executable, "-m", "fwbench.harness.run.worker", cfg_path]
+            with open(log_path, "w") as log:
+                dog = subprocess.Popen(
+                    [sys.executable, "-I", "-S", WATCHDOG, str(os.getpid()), "--", *worker],
+                    stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                    # Frameworks drop files into the working directory (MindSpore's rank_0/
+                    # graph dumps): the worker runs in the folder of its log, not the user's.
+                    cwd=log_path.resolve().parent, env=_worker_env(python), **_in_group(0))
+            signals.fault("spawn")
+            watch = _Watch(dog, seen)
+        signals.fault("started")
+        outcome = watch.follow(timeout_s, limit, on_event)
     finally:
-        _kill_group(group, seen)  # the watchdog, and whatever the worker left behind
-        dog.wait()
-        os.unlink(cfg_path)
+        with signals.deferred():
+            signals.fault("cleanup")
+            if dog is not None:
+                _kill_cell(dog, watch.cgroup if watch else None, seen)
+            if cfg_path is not None:
+                os.unlink(cfg_path)
     if outcome is None and watch.result is not None:
         result = watch.result
         outcome = Outcome(result.pop("status", "crashed"), result.pop("error", None), result)
     if outcome is None:
-        outcome = _classify_exit(proc.returncode, log_path, oom_before, watch.last_rss, limit)
+        assert watch.exit is not None
+        outcome = _classify_exit(watch.exit["code"], log_path, oom_before, watch.last_rss, limit,
+                                 watch.exit.get("error"))
     outcome.pids = [p.pid for p in seen]
+    outcome.containment = watch.containment
     return outcome
 
 
 def _classify_exit(code: int, log_path: Path, oom_before: int | None, last_rss: int,
-                   limit: float | None) -> Outcome:
+                   limit: float | None, error: str | None = None) -> Outcome:
     """A worker that ended without a record: ``oom`` only with evidence, else by signal."""
+    if error is not None:  # the watchdog could not start it
+        return Outcome("crashed", f"{error}; see {log_path}")
     if code < 0:
         name = signal.Signals(-code).name
         if -code == signal.SIGKILL:

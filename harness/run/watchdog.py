@@ -1,46 +1,191 @@
-"""The watchdog of one worker's process group: it dies with the runner, and takes the group.
+"""The watchdog of one cell: it starts the worker, owns everything the worker starts, and
+takes all of it down when the runner says so or dies.
 
-    python -m fwbench.harness.run.watchdog RUNNER_PID
+    python -I -S watchdog.py RUNNER_PID -- WORKER_COMMAND...
 
-The runner starts this first, as the leader of a new process group (its pid is the group
-id), then starts the worker *in that group*. Everything the worker starts
-(torch.compile's compile workers, XLA or TensorFlow helpers) inherits the group. The
-kernel sends the watchdog SIGTERM the moment the runner dies, even by ``kill -9``
-(``PR_SET_PDEATHSIG``), and the watchdog SIGKILLs the whole group, itself included. When a
-cell ends normally the runner kills the group itself, so nothing a worker left behind
-survives the cell either. A process that leaves the group on purpose (``setsid``) escapes
-both; the runner also kills any descendant it can still see (see ``supervise._kill_group``).
+Standard library only, run as a file (no fwbench import, no site: it starts in ~20 ms in
+any environment). The runner starts it as the leader of a new process group, with the stop
+signals blocked; it then
+
+- unblocks them and ignores SIGINT, SIGHUP and SIGQUIT (a Ctrl-C meant for the runner, or
+  a hangup, must not kill it and leave its group alive); SIGTERM is the order to kill;
+- asks Linux to send it SIGTERM when the runner dies, even by ``kill -9``
+  (``PR_SET_PDEATHSIG``), and also polls its parent every 0.5 s (the death signal follows
+  the *thread* that started it, and is not available everywhere);
+- becomes a child subreaper (``PR_SET_CHILD_SUBREAPER``): a descendant of the worker whose
+  parent exits, even one that left the group with ``setsid``, becomes its child, so it can
+  still find and kill it;
+- moves itself into a cgroup of its own when cgroup v2 lets it create one (then the whole
+  cell dies at once by ``cgroup.kill``); it says which containment it got in its first line;
+- starts the worker (stop signals at their defaults, nothing blocked), reaps every child,
+  and writes ``{"event": "exit", "code": N}`` on the worker's stdout pipe when the worker
+  exits: the cell ends on the worker's exit, not on the pipe's end of file, and every line
+  the worker wrote precedes that one.
+
+Its stdout is the worker's event pipe; it writes only whole JSON lines there (atomic).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 
+POLL_S = 0.5
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+PARENT_ENV = "FWBENCH_PARENT_PID"  # the worker checks it still has this parent
 
-def _kill_group(*_: object) -> None:
-    os.killpg(os.getpgid(0), signal.SIGKILL)
+_cgroup: str | None = None
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    runner_pid = int(argv[0])
-    signal.signal(signal.SIGTERM, _kill_group)
+def _emit(**event: object) -> None:
+    os.write(1, (json.dumps(event) + "\n").encode())
+
+
+def _prctl(option: int, arg: int) -> bool:
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):  # not Linux: the runner's own group kill remains
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux
+        return False
+
+
+def _v2_mount() -> str | None:
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup``, or ``.../unified`` on a
+    hybrid system)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
         pass
-    if os.getppid() != runner_pid:  # the runner died before prctl took effect
-        _kill_group()
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    return None
+
+
+def _own_cgroup() -> tuple[str | None, str]:
+    """A new cgroup v2 below this process's own, with this process moved into it:
+    (its folder, "cgroup"), or (None, the fallback and why)."""
+    fallback = "process group + subreaper"
+    mount = _v2_mount()
+    if mount is None:
+        return None, f"{fallback} (no cgroup v2 mounted)"
+    try:
+        with open("/proc/self/cgroup") as f:
+            mine = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+        folder = os.path.join(mount + mine, f"fwbench-cell-{os.getpid()}")
+        os.mkdir(folder)
+    except (OSError, StopIteration) as exc:
+        return None, f"{fallback} (no cgroup v2 delegated here: {type(exc).__name__})"
+    try:
+        with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as exc:
+        os.rmdir(folder)
+        return None, f"{fallback} (cannot move into a cgroup: {exc.strerror})"
+    if not os.path.exists(os.path.join(folder, "cgroup.kill")):  # Linux < 5.14
+        return folder, "cgroup (without cgroup.kill) + subreaper"
+    return folder, "cgroup"
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (read from /proc)."""
+    kids, out, todo = _children_map(), [], [root]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _reap() -> list[tuple[int, int]]:
+    """Every child that has ended: (pid, wait status)."""
+    ended = []
     while True:
-        signal.pause()
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended.append((pid, status))
+
+
+def kill_all(*_: object) -> None:
+    """SIGKILL the cell: the cgroup, then (until none is left) every descendant and the group,
+    this process last."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    if _cgroup is not None:
+        try:
+            with open(os.path.join(_cgroup, "cgroup.kill"), "w") as f:
+                f.write("1")  # this process too: the runner removes the folder
+        except OSError:
+            pass
+    for _ in range(50):  # a process that forks while we kill is caught by the next pass
+        found = descendants(os.getpid())
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap()
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    finally:
+        os._exit(137)
+
+
+def main(argv: list[str]) -> None:
+    global _cgroup
+    runner_pid, command = int(argv[0]), argv[argv.index("--") + 1:]
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, kill_all)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [signal.SIGCHLD])  # only sigtimedwait takes it
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    reaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if os.getppid() != runner_pid:  # the runner died before the death signal was set
+        kill_all()
+    _cgroup, containment = _own_cgroup()
+    if not reaper and _cgroup is None:
+        containment = "process group only (no subreaper, no cgroup)"
+    _emit(event="watchdog", containment=containment, cgroup=_cgroup)
+    try:
+        worker = os.posix_spawn(command[0], command, {**os.environ, PARENT_ENV: str(os.getpid())},
+                                setsigmask=(), setsigdef=(signal.SIGINT, signal.SIGHUP,
+                                                          signal.SIGQUIT, signal.SIGTERM))
+    except OSError as exc:
+        _emit(event="exit", code=127, error=f"cannot start {command[0]}: {exc.strerror}")
+        kill_all()
+    while True:
+        signal.sigtimedwait([signal.SIGCHLD], POLL_S)
+        for pid, status in _reap():
+            if pid == worker:
+                _emit(event="exit", code=os.waitstatus_to_exitcode(status))
+        if os.getppid() != runner_pid:
+            kill_all()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

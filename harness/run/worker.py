@@ -536,16 +536,17 @@ MODES = {"train": train, "probe": probe, "calibrate": calibrate, "drift": drift,
          "overhead": overhead, "idiomatic": idiomatic, "device": device_check}
 
 
-def die_with_parent(parent_pid: int | None) -> None:
-    """Ask Linux to SIGKILL this worker when the runner dies (even by kill -9)."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its watchdog dies (even by kill -9)."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
-    except (OSError, AttributeError):  # not Linux: the runner's process-group kill remains
+    except (OSError, AttributeError):  # not Linux: the watchdog's kill remains
         return
-    if parent_pid is not None and os.getppid() != parent_pid:  # the runner died before prctl
+    parent = os.environ.get("FWBENCH_PARENT_PID")  # watchdog.PARENT_ENV
+    if parent is not None and os.getppid() != int(parent):  # it died before prctl
         os._exit(1)
 
 
@@ -553,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as f:
         cfg = json.load(f)
-    die_with_parent(cfg.pop("runner_pid", None))
+    die_with_parent()
     # The runner reads events from our original stdout; anything else printed goes to the log.
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)

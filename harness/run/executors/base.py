@@ -114,12 +114,16 @@ def execute(job: Job, node: str, hardware: records.Hardware | None, data_path: s
         changes["data_path"] = data_path
     request = dataclasses.replace(job.request, **changes)
     watch = noise.Watch(cpus).start()
+    own = time.process_time()  # this process's CPU, all its threads: the cost of supervising
     outcome = run_worker(request, job.log_path, job.timeout_s, on_event, job.memory_limit_gib,
                          python=job.python)
+    own = time.process_time() - own
     watch.stop()
     busy = watch.result([os.getpid(), *outcome.pids])
-    seen = records.Noise(busy.others_cores, busy.steal_fraction, busy.loadavg_1m, busy.busy)
-    return Done(job, outcome, node, hardware, cpus, started, time.time(), seen)
+    ended = time.time()
+    seen = records.Noise(busy.others_cores, busy.steal_fraction, busy.loadavg_1m, busy.busy,
+                         round(own / max(ended - started, 1e-9), 5))
+    return Done(job, outcome, node, hardware, cpus, started, ended, seen)
 
 
 def probe_noise(threads: int, seconds: float) -> noise.Busy:

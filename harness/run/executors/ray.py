@@ -20,9 +20,10 @@ Prepared data reach the nodes through Ray's object store (``ray.put`` once per d
 with its sha256), are written to a node-local cache file and verified there; with
 ``shared_data`` the nodes read the driver's prepared files at the same path (shared storage),
 verified too. A node that dies during a job costs that job one retry on another node; a
-second loss makes the cell ``lost`` (with the node id). Ctrl-C or an error in the driver
-cancels the tasks in flight; the driver's death kills them (Ray ties a task to its owner),
-and ``--resume`` finishes the run.
+second loss makes the cell ``lost`` (with the node id). A stop signal (``signals``) or an
+error in the driver cancels the tasks in flight, first gently (each kills its cell's
+processes and removes its node folder), then by force; the driver's death kills them (Ray
+ties a task to its owner), and ``--resume`` finishes the run.
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ from typing import Any, Callable, Iterable, Iterator
 from fwbench.harness import records
 from fwbench.harness.errors import FwbenchError
 from fwbench.harness.measure import environment, noise
+from fwbench.harness.run import signals
 from fwbench.harness.run.executors.base import Done, Job, NodeInfo, execute, node_info, one_line, probe_noise
 from fwbench.harness.run.supervise import Outcome
 
 SLOT = "fwbench_slot"  # the custom resource: one per node, one job per node at a time
 NODE_PROBE_S = 120.0  # how long a node may take to answer the node probe
+CANCEL_WAIT_S = 10.0  # how long cancelled tasks may take to clean up before they are forced
 
 # The functions below with a leading ``_ray`` run on the nodes, as Ray tasks.
 
@@ -309,8 +312,9 @@ class RayExecutor:
                         break
                     pending.popleft()
                     data = self._data.get(job.dataset) if job.dataset else None
-                    ref = self._job.options(scheduling_strategy=self._pinned(node)).remote(job, data)
-                    inflight[ref] = (job, node, lost, time.time())
+                    with signals.deferred():  # every submitted task is known to the finally
+                        ref = self._job.options(scheduling_strategy=self._pinned(node)).remote(job, data)
+                        inflight[ref] = (job, node, lost, time.time())
                     busy.add(node)
                     on_start(job, node)
                 if not inflight:
@@ -351,9 +355,23 @@ class RayExecutor:
                     if done.log_text is not None:
                         job.log_path.write_text(done.log_text)
                     yield done
-        finally:  # Ctrl-C, an error in the driver, or the caller stopped early
-            for ref in inflight:
-                ray.cancel(ref, force=True)
+        finally:  # Ctrl-C, a stop signal, an error in the driver, or the caller stopped early
+            with signals.deferred():
+                self._cancel(list(inflight))
+
+    def _cancel(self, refs: list[Any]) -> None:
+        """Cancel the tasks in flight: first as a KeyboardInterrupt in each (its ``finally``
+        kills the cell's processes and removes its node folder), then by force whatever has
+        not ended within CANCEL_WAIT_S."""
+        ray = self._ray
+        for ref in refs:
+            ray.cancel(ref)
+        try:
+            _, left = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+        except ray.exceptions.RayError:
+            left = refs
+        for ref in left:
+            ray.cancel(ref, force=True)
 
     def close(self) -> None:
         if self._messages is not None:
