@@ -12,3 +12,30 @@ def is_worker(cmdline: list[str] | None) -> bool:
 
 def is_watchdog(cmdline: list[str] | None) -> bool:
     return any(part.endswith("watchdog.py") for part in (cmdline or [])[:5])
+
+
+TOKEN = "FWBENCH_TEST_TOKEN"  # a test's mark in the environment of every process it starts
+
+
+def tagged(token: str) -> list:
+    """The live processes whose environment carries ``token`` (zombies are dead)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(TOKEN) == token and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def kill_tagged(token: str) -> None:
+    import psutil
+
+    for p in tagged(token):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass

@@ -167,37 +167,6 @@ def toys(tmp_path):
     return {"PYTHONPATH": os.pathsep.join([str(folder), str(TESTS)])}
 
 
-def test_ctrl_c_keeps_records_and_stops_the_worker(tmp_path, toys):
-    """SIGINT while a cell is certainly running (the second one never ends by itself)."""
-    import signal
-    import time
-
-    import psutil
-
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "fwbench.harness.cli", "run", "--profile", "smoke",
-                             "--tasks", "mlp", "--backends", "constant,hang", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **toys})
-    results = out / "results.jsonl"
-    hang_log = out / "logs" / "mlp-hang-s0.log"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (hang_log.exists() and results.exists()):
-        time.sleep(0.1)
-    assert hang_log.exists(), "the hanging cell should have started"
-    time.sleep(1.0)
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    assert workers
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert f"fwbench run --resume {out}" in stderr
-    _, alive = psutil.wait_procs(workers, timeout=10)
-    assert not alive
-    kept = results.read_text().splitlines()
-    assert [json.loads(x)["backend"] for x in kept] == ["constant"]
-
-
 def test_resume_refuses_every_changed_option(tmp_path, toys):
     out = tmp_path / "run"
     env = {**toys}

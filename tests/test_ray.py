@@ -281,6 +281,27 @@ def _train_worker_under(raylet: psutil.Process) -> dict | None:
     return None
 
 
+def _frozen(pid: int) -> bool:
+    """SIGSTOP a worker; False if it ended first."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        p = psutil.Process(pid)
+        for _ in range(100):
+            if p.status() == psutil.STATUS_STOPPED:
+                return True
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            time.sleep(0.02)
+    except (ProcessLookupError, psutil.Error):
+        pass
+    return False
+
+
+def _job_folders() -> set[str]:
+    """The node-side folders of Ray jobs (``ray._ray_job``) on this machine."""
+    return {str(p) for p in Path(tempfile.gettempdir()).glob("fwbench-job-*")}
+
+
 def _raylets() -> list[psutil.Process]:
     found = [p for p in psutil.process_iter(["name", "create_time"]) if p.info["name"] == "raylet"]
     return sorted(found, key=lambda p: p.info["create_time"])
@@ -307,10 +328,16 @@ def test_a_node_dying_mid_cell_costs_one_retry_on_the_other(cluster, tmp_path):
     victim = None
     deadline = time.monotonic() + 150
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
-        victim = _train_worker_under(second)
+        found = _train_worker_under(second)
+        # frozen, the victim's cell cannot end (and the next cell start there) before its node dies
+        victim = found if found is not None and _frozen(found["pid"]) else None
         time.sleep(0.2)
     assert victim is not None, "no cell ran on the second node"
     second.kill()  # the raylet: the node dies with the cell's worker on it
+    try:
+        os.kill(victim["pid"], signal.SIGCONT)
+    except ProcessLookupError:
+        pass
     out, err = proc.communicate(timeout=240)
     print(out[-4000:], err[-2000:])
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
@@ -335,6 +362,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_resume_finishes(cluster, tmp_path):
     pytest.importorskip("torch", reason="PyTorch is not installed")
     pytest.importorskip("jax", reason="JAX is not installed")
     run_dir = tmp_path / "ctrl-c"
+    folders = _job_folders()
     args = ["--profile", "smoke", "--tasks", "mlp", "--backends", "torch,jax", "--threads", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "fwbench.harness.cli", "run", "--executor", "ray",
                              "--ray-address", cluster["address"], *args, "--out", str(run_dir)],
@@ -358,6 +386,7 @@ def test_ctrl_c_cancels_the_ray_tasks_and_resume_finishes(cluster, tmp_path):
             break
         time.sleep(0.5)
     assert victim["pid"] not in _workers_left()
+    assert _job_folders() <= folders, "a cancelled task left its node folder"
     before = {x.ident for x in _records(run_dir)}
     r = fwbench("run", "--resume", run_dir, "--ray-address", cluster["address"], env=cluster["env"])
     assert r.returncode == 0, r.stderr[-3000:]

@@ -29,7 +29,7 @@ def toy(name, cls):
 TOYS = {n: toy(n, c) for n, c in (("constant", "Constant"), ("crash", "Crash"), ("hang", "Hang"),
                                   ("nan", "NaN"), ("fail", "Fail"), ("hog", "Hog"),
                                   ("slow", "Slow"), ("scalars", "NumpyScalars"),
-                                  ("spawner", "Spawner"))}
+                                  ("spawner", "Spawner"), ("forker", "Forker"))}
 
 
 @pytest.fixture
@@ -186,17 +186,6 @@ def test_memory_limit_kills_the_cell_as_oom(tmp_path, toy_env):
     assert out[1].status == "ok"
 
 
-def _workers_of(pid):
-    found = []
-    for p in psutil.Process(pid).children(recursive=True):
-        try:
-            if is_worker(p.cmdline()):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
 def _wait(predicate, timeout=60.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -207,16 +196,21 @@ def _wait(predicate, timeout=60.0):
     raise AssertionError("timed out waiting")
 
 
-def test_a_sigkill_from_outside_is_killed_not_oom(tmp_path, toy_env):
+def test_a_sigkill_from_outside_is_killed_not_oom(tmp_path, toy_env, monkeypatch):
+    mark = tmp_path / "in-step.txt"
+    monkeypatch.setenv("FWBENCH_TEST_MARK", str(mark))
     box = {}
     thread = threading.Thread(target=lambda: box.update(
         out=runner.run(config(["hang"], timeout=120), tmp_path, toy_env)))
     thread.start()
-    _wait(lambda: (tmp_path / "logs" / "mlp-hang-s0.log").exists())  # calibration is over
-    (worker,) = _wait(lambda: _workers_of(os.getpid()))
-    time.sleep(1)  # inside the adapter's hanging step
-    worker.send_signal(signal.SIGKILL)
-    thread.join(60)
+    try:
+        pid = int(_wait(lambda: mark.exists() and mark.read_text().split())[0])
+        os.kill(pid, signal.SIGKILL)  # the worker, inside the adapter's hanging step
+        thread.join(60)
+    finally:
+        if thread.is_alive() and mark.exists():
+            for p in psutil.Process(int(mark.read_text().split()[0])).parents()[:1]:
+                p.kill()  # the watchdog: the cell ends, the run with it
     (r,) = box["out"]
     assert r.status == "killed" and "SIGKILL from outside fwbench" in r.error
 
@@ -272,13 +266,15 @@ def test_kill_9_of_the_runner_then_resume(tmp_path, toy_env, moment, monkeypatch
     run_dir = tmp_path / "run"
     proc = _start_runner(run_dir, "spawner", env)
     results = run_dir / runner.RESULTS
-    _wait(lambda: len(read(run_dir)) >= 1, 120)
-    if moment == "mid-cell":
-        _wait(lambda: len(spawned.read_text().split()) >= 2, 60)  # the second cell is training
-    family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
-    assert family or moment == "between cells", "a cell should be running"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        _wait(lambda: len(read(run_dir)) >= 1, 120)
+        if moment == "mid-cell":
+            _wait(lambda: len(spawned.read_text().split()) >= 2, 60)  # the second cell trains
+        family = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert family or moment == "between cells", "a cell should be running"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     children = [int(x) for x in spawned.read_text().split()]
     _wait(lambda: not _alive(family + children), 15)
     done = read(run_dir)
@@ -311,18 +307,20 @@ def test_torch_compile_workers_die_with_the_runner(tmp_path):
 
     def compiling():
         kids = psutil.Process(proc.pid).children(recursive=True)
-        workers = _workers_of(proc.pid)
+        workers = [k for k in kids if is_worker(k.cmdline())]
         deeper = [k for w in workers for k in w.children(recursive=True)]
         return (kids, deeper) if deeper else None
 
     try:
-        kids, deeper = _wait(compiling, 300)
-    except AssertionError:
+        try:
+            kids, deeper = _wait(compiling, 300)
+        except AssertionError:
+            pytest.skip("torch.compile started no child process on this machine")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _wait(lambda: not _alive([k.pid for k in kids + deeper]), 20)
+    finally:
         proc.kill()
-        pytest.skip("torch.compile started no child process on this machine")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    _wait(lambda: not _alive([k.pid for k in kids + deeper]), 20)
 
 
 class _Looks:

@@ -46,6 +46,9 @@ class Crash(_Base):
 
 class Hang(_Base):
     def train_step(self, x, y):
+        if os.environ.get("FWBENCH_TEST_MARK"):  # tests: "the worker is inside the step now"
+            with open(os.environ["FWBENCH_TEST_MARK"], "a") as f:
+                f.write(f"{os.getpid()}\n")
         time.sleep(3600)
         return 1.0
 
@@ -98,10 +101,26 @@ class Spawner(_Base):
         import sys
 
         super().build(params)
-        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        # FWBENCH_TEST_SETSID: the child leaves the cell's process group (setsid)
+        self.child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                      start_new_session=bool(os.environ.get("FWBENCH_TEST_SETSID")))
         with open(os.environ["FWBENCH_TEST_SPAWN"], "a") as f:
             f.write(f"{self.child.pid}\n")
 
     def train_step(self, x, y):
         time.sleep(0.1)
         return 1.0
+
+
+class Forker(_Base):
+    """Forks a sleeper that keeps every descriptor of the worker, its event pipe included,
+    and records its pid in FWBENCH_TEST_SPAWN; then finishes at once."""
+
+    def build(self, params):
+        super().build(params)
+        pid = os.fork()
+        if pid == 0:  # the sleeper: holds the pipe, never writes
+            time.sleep(600)
+            os._exit(0)
+        with open(os.environ["FWBENCH_TEST_SPAWN"], "a") as f:
+            f.write(f"{pid}\n")

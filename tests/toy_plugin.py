@@ -13,7 +13,8 @@ from pathlib import Path
 from fwbench.harness.adapter import Backend
 
 TOYS = {"constant": "Constant", "crash": "Crash", "hang": "Hang", "nan": "NaN", "fail": "Fail",
-        "hog": "Hog", "slow": "Slow", "scalars": "NumpyScalars", "spawner": "Spawner"}
+        "hog": "Hog", "slow": "Slow", "scalars": "NumpyScalars", "spawner": "Spawner",
+        "forker": "Forker"}
 BACKENDS = [Backend(name, f"toy_backend:{cls}", (), description=f"toy: {cls}") for name, cls in TOYS.items()]
 
 

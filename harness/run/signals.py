@@ -112,9 +112,10 @@ def blocked() -> Iterator[None]:
 
 
 def fault(point: str) -> None:
-    """Tests: send this process SIGINT at the named point when ``FWBENCH_FAULT`` names it
-    (``point`` or ``point:SIGNAME``); nothing otherwise."""
-    wanted = os.environ.get(FAULT_ENV, "")
-    name, _, signame = wanted.partition(":")
-    if name == point:
-        os.kill(os.getpid(), signal.Signals[signame or "SIGINT"])
+    """Tests: send this process a signal at a named point of the runner (``spawn``,
+    ``started``, ``loop``, ``cleanup``) when ``FWBENCH_FAULT`` names it: a comma-separated
+    list of ``point`` or ``point:SIGNAME`` (default SIGINT); nothing otherwise."""
+    for wanted in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        name, _, signame = wanted.partition(":")
+        if name == point:
+            os.kill(os.getpid(), signal.Signals[signame or "SIGINT"])

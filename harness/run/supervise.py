@@ -1,7 +1,9 @@
-"""Process supervision: one worker process per job, in a process group that dies with the
-runner (a ``watchdog`` leads it), with a timeout and a memory limit on its whole process tree,
-and an ``Outcome`` whatever happens to it. The runner, the executors and the checks all start
-their workers here.
+"""Process supervision: one worker process per job, started by a ``watchdog`` that leads
+the cell's process group and owns its whole process tree, with a timeout and a memory limit
+on that tree, and an ``Outcome`` whatever happens to it. The cell ends when the worker exits
+(the watchdog says so on the pipe); a stop signal (``signals``) ends it at once; either way
+nothing of the cell survives ``run_worker``. The runner, the executors and the checks all
+start their workers here.
 """
 
 from __future__ import annotations
