@@ -222,3 +222,34 @@ def test_a_worker_whose_forked_child_holds_the_pipe_ends_ok_at_its_exit(tmp_path
           or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE, 5, "the sleeper to die")
     assert record.containment and record.noise.runner_cores is not None
     _wait(lambda: not tagged(token), 5, "every process to end")
+
+
+def test_a_dead_watchdog_fails_its_cell_and_the_run_goes_on(tmp_path, ours, monkeypatch):
+    import threading
+
+    from test_runner import TOYS, config
+
+    token, env = ours
+    mark = tmp_path / "in-step.txt"
+    for name in (TOKEN, "PYTHONPATH"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("FWBENCH_TEST_MARK", str(mark))
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(
+        out=runner.run(config(["hang", "constant"], timeout=120), tmp_path / "run", TOYS)))
+    thread.start()
+    try:
+        worker = psutil.Process(int(_wait(lambda: mark.exists() and mark.read_text().split(), 120,
+                                          "the hanging step")[0]))
+        dog = worker.parent()
+        assert is_watchdog(dog.cmdline())
+        dog.kill()
+        thread.join(60)
+        psutil.wait_procs([worker], timeout=5)
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    finally:
+        kill_tagged(token)
+        thread.join(60)
+    hang, constant = box["out"]
+    assert hang.status == "crashed" and "watchdog died" in hang.error, hang.error
+    assert constant.status == "ok"
