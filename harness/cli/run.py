@@ -225,7 +225,7 @@ def _run_with_progress(config: records.RunConfig, run_dir: Path, known: dict[str
         console.print(_node_table(machine.nodes()))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
-                        transient=False)
+                        transient=False, refresh_per_second=2)  # the runner shares the cores
     with progress:
         runner.run(config, run_dir, known, on_event=_progress_events(progress, config),
                    on_status=lambda s: console.print(f"[dim]{s}[/]"), force_resume=force_resume,

@@ -37,16 +37,21 @@ class Outcome:
     containment: str | None = None  # how the watchdog held the cell's processes
 
 
-def _tree_rss(procs: list) -> int:
-    import psutil
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
-    total = 0
-    for p in procs:
+
+def _rss(pid: int) -> int:
+    """Resident memory of one process in bytes (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        import psutil
+
         try:
-            total += p.memory_info().rss
+            return psutil.Process(pid).memory_info().rss
         except psutil.Error:
-            pass
-    return total
+            return 0
 
 
 def oom_kills() -> int | None:
@@ -74,6 +79,7 @@ def oom_kills() -> int | None:
 
 WATCHDOG = str(Path(__file__).with_name("watchdog.py"))
 SAMPLE_S = 0.5  # how often the runner reads the cell's process tree (memory, pids)
+POLL_S = 0.5  # how long the runner waits for a line before it checks the rest (signals, time)
 DRAIN_S = 2.0  # how long the runner reads a dead watchdog's pipe for the last lines
 KILL_WAIT_S = 5.0  # how long the watchdog may take to kill the cell before the runner does
 
@@ -158,6 +164,8 @@ class _Watch:
 
         self.dog, self.seen = dog, seen
         self.watched = psutil.Process(dog.pid)
+        seen.append(self.watched)
+        self.known = {dog.pid}
         self.events: queue.Queue[str | None] = queue.Queue()
         self.result: dict[str, Any] | None = None
         self.exit: dict[str, Any] | None = None  # the watchdog's word on the worker's exit
@@ -187,16 +195,36 @@ class _Watch:
         else:
             on_event(event)
 
-    def sample(self) -> int:
-        """The worker tree's resident memory now (the last figure if it cannot be read)."""
+    def _pids(self) -> list[int]:
+        """The cell's processes below the watchdog: its cgroup's list where it has one (one
+        small read), else a walk of the process table (a read of every process's stat)."""
         import psutil
 
+        if self.cgroup is not None:
+            try:
+                with open(os.path.join(self.cgroup, "cgroup.procs")) as f:
+                    return [pid for pid in map(int, f.read().split()) if pid != self.dog.pid]
+            except OSError:
+                pass
         try:
-            tree = [self.watched, *self.watched.children(recursive=True)]
+            return [p.pid for p in self.watched.children(recursive=True)]
         except psutil.Error:
-            tree = []
-        self.seen.extend(p for p in tree if p not in self.seen)
-        self.last_rss = _tree_rss(tree[1:]) or self.last_rss
+            return []
+
+    def sample(self) -> int:
+        """The worker tree's resident memory now (the last figure if it cannot be read); every
+        process seen is remembered (``seen``: psutil handles, safe against pid reuse)."""
+        import psutil
+
+        pids = self._pids()
+        for pid in pids:
+            if pid not in self.known:
+                try:
+                    self.seen.append(psutil.Process(pid))
+                except psutil.Error:
+                    continue
+                self.known.add(pid)
+        self.last_rss = sum(_rss(pid) for pid in pids) or self.last_rss
         return self.last_rss
 
     def _drain(self, on_event: Callable[[dict[str, Any]], None]) -> None:
@@ -222,7 +250,7 @@ class _Watch:
         while self.exit is None:
             signals.check()
             try:
-                line = self.events.get(timeout=max(0.0, min(0.1, deadline - time.monotonic())))
+                line = self.events.get(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
             except queue.Empty:
                 line = ""
             if line:
@@ -239,7 +267,7 @@ class _Watch:
                 next_sample = time.monotonic() + SAMPLE_S
                 rss = self.sample()
                 if limit is not None and rss > limit:
-                    return Outcome("oom", f"resident memory {rss / 2**30:.1f} GiB "
+                    return Outcome("oom", f"resident memory {rss / 2**30:.2f} GiB "
                                           f"exceeded the limit of {limit / 2**30:g} GiB; killed")
             if time.monotonic() >= deadline:
                 return Outcome("timeout", f"no result after {timeout_s:g} s; killed")
