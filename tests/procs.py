@@ -39,3 +39,17 @@ def kill_tagged(token: str) -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "the condition"):
+    """``predicate()``'s first true value, polled every 0.05 s for at most ``timeout`` s (a
+    condition that is checked, not a sleep that hopes)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -17,7 +16,7 @@ from fwbench.harness import records
 from fwbench.harness.run import runner, supervise
 from fwbench.harness.adapter import Backend
 from fwbench.harness.errors import FwbenchError
-from procs import is_worker
+from procs import is_worker, wait_for as _wait
 
 TESTS = Path(__file__).parent
 
@@ -184,16 +183,6 @@ def test_memory_limit_kills_the_cell_as_oom(tmp_path, toy_env):
     out = runner.run(config(["hog", "constant"], memory=1.0), tmp_path, toy_env)
     assert out[0].status == "oom" and "exceeded the limit of 1 GiB" in out[0].error
     assert out[1].status == "ok"
-
-
-def _wait(predicate, timeout=60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting")
 
 
 def test_a_sigkill_from_outside_is_killed_not_oom(tmp_path, toy_env, monkeypatch):

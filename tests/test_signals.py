@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from fwbench.harness.run import runner
-from procs import TOKEN, is_watchdog, is_worker, kill_tagged, tagged
+from procs import TOKEN, is_watchdog, is_worker, kill_tagged, tagged, wait_for as _wait
 
 TESTS = Path(__file__).parent
 
@@ -35,16 +35,6 @@ def ours(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(make_toy_plugin(tmp_path / "toys")), str(TESTS)])}
     yield token, env
     kill_tagged(token)
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _run(run_dir: Path, backends: str, env: dict, preexec_fn=None) -> subprocess.Popen:
