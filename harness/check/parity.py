@@ -29,7 +29,10 @@ layer of a task unsupported gets a row with ``unsupported`` set (not a failure).
 from __future__ import annotations
 
 import dataclasses
+import queue
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -161,16 +164,24 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
                ) -> tuple[dict[str, dict[str, np.ndarray]], Probes, dict[str, str]]:
     """(batches per task, probes, errors per backend): one worker process per backend
     (with the interpreter ``pythons`` names for it: its env; default the current one), on
-    ``device`` (cpu | cuda:N; the tolerances are the same)."""
-    cpus = environment.available_cpus()[:threads]
+    ``device`` (cpu | cuda:N; the tolerances are the same). On the CPU as many run at once
+    as the cores hold ``threads`` each, on disjoint cores (a probe's numbers do not depend
+    on time); on a GPU one at a time (JAX preallocates most of its memory)."""
+    cores = environment.available_cpus()
+    jobs = 1 if device != "cpu" else max(1, min(len(names), len(cores) // threads))
+    slots: queue.Queue[list[int]] = queue.Queue()
+    for k in range(jobs):
+        slots.put(cores[k * threads:(k + 1) * threads])
     batches = {t: probe_batches(task_registry.get(t), seed) for t in tasks}
     probes: Probes = {}
     errors: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="fwbench-check-") as tmp:
-        work = Path(tmp)
-        for t, b in batches.items():
-            np.savez(work / f"batches-{t}.npz", **b)
-        for name in names:
+    stop = threading.Event()  # the caller was interrupted: every probe still running stops
+
+    def probe(work: Path, name: str) -> None:
+        cpus = slots.get()
+        try:
+            if stop.is_set():
+                return
             on_status(f"probing {name}")
             request = records.ProbeRequest(
                 threads, cpus, runner.backend_spec(backends[name]), device, seed=seed,
@@ -178,16 +189,31 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
                                           str(work / f"batches-{t}.npz"),
                                           str(work / f"probe-{name}-{t}.npz")) for t in tasks])
             outcome = run_worker(request, work / f"{name}.log", timeout_s, lambda e: None,
-                                        python=(pythons or {}).get(name))
-            if outcome.status != "ok":
-                log = (work / f"{name}.log").read_text(errors="replace").strip().splitlines()
-                errors[name] = f"{outcome.status}: {outcome.error}" + (
-                    f" | {log[-1][:200]}" if log and outcome.status != "failed" else "")
-                continue
-            probes[name] = {}
-            for t in tasks:
-                with np.load(work / f"probe-{name}-{t}.npz", allow_pickle=False) as z:
-                    probes[name][t] = {k: z[k] for k in z.files}
+                                 python=(pythons or {}).get(name), stop=stop)
+        finally:
+            slots.put(cpus)
+        if outcome.status != "ok":
+            log = (work / f"{name}.log").read_text(errors="replace").strip().splitlines()
+            errors[name] = f"{outcome.status}: {outcome.error}" + (
+                f" | {log[-1][:200]}" if log and outcome.status != "failed" else "")
+            return
+        probes[name] = {}
+        for t in tasks:
+            with np.load(work / f"probe-{name}-{t}.npz", allow_pickle=False) as z:
+                probes[name][t] = {k: z[k] for k in z.files}
+
+    with tempfile.TemporaryDirectory(prefix="fwbench-check-") as tmp:
+        work = Path(tmp)
+        for t, b in batches.items():
+            np.savez(work / f"batches-{t}.npz", **b)
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = [pool.submit(probe, work, name) for name in names]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                stop.set()
+                raise
     return batches, probes, errors
 
 

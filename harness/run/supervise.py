@@ -241,7 +241,8 @@ class _Watch:
             self.handle(line, on_event)
 
     def follow(self, timeout_s: float, limit: float | None,
-               on_event: Callable[[dict[str, Any]], None]) -> Outcome | None:
+               on_event: Callable[[dict[str, Any]], None],
+               stop: threading.Event | None = None) -> Outcome | None:
         """Until the worker exits (None: its exit code is ``self.exit``), its watchdog dies,
         or the timeout or the memory limit ends the cell (that outcome). A signal for the
         run raises ``Interrupted`` here (``signals.check``)."""
@@ -249,6 +250,8 @@ class _Watch:
         next_sample = 0.0
         while self.exit is None:
             signals.check()
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt("stopped by the caller")
             try:
                 line = self.events.get(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
             except queue.Empty:
@@ -276,11 +279,14 @@ class _Watch:
 
 def run_worker(request: records.Request, log_path: Path, timeout_s: float,
                on_event: Callable[[dict[str, Any]], None],
-               memory_limit_gib: float | None = None, python: str | None = None) -> Outcome:
+               memory_limit_gib: float | None = None, python: str | None = None,
+               stop: threading.Event | None = None) -> Outcome:
     """Run one worker process for ``request``; its outcome, whatever happens to it.
 
     ``python``: the interpreter of the worker (a backend's env, ``--envs isolated``; it gets
-    no PYTHONPATH, and its env's bin first on PATH); default: the runner's own.
+    no PYTHONPATH, and its env's bin first on PATH); default: the runner's own. ``stop``:
+    set by a caller that runs several at once from threads when it is interrupted (a signal
+    raises in the main thread only); the cell then ends as on a signal.
 
     A watchdog (``watchdog``) leads the cell's process group, starts the worker and kills
     everything of the cell when the runner dies (even by kill -9) or asks it to; the runner
@@ -311,7 +317,7 @@ def run_worker(request: records.Request, log_path: Path, timeout_s: float,
             signals.fault("spawn")
             watch = _Watch(dog, seen)
         signals.fault("started")
-        outcome = watch.follow(timeout_s, limit, on_event)
+        outcome = watch.follow(timeout_s, limit, on_event, stop)
     finally:
         with signals.deferred():
             signals.fault("cleanup")
