@@ -16,7 +16,8 @@ sys.path.insert(0, str(TESTS))
 
 def fwbench(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "fwbench.harness.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, "COLUMNS": "160", **(env or {})})
+                          text=True, cwd=cwd, env={**os.environ, "COLUMNS": "160", **(env or {})},
+                          timeout=900)  # a hung run is killed (its watchdogs take its cells)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -22,7 +22,8 @@ def sh(*args, env=None):
     env = {**os.environ, "COLUMNS": "200", **(env or {})}
     if TARGET:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [TARGET["path"], env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,8 @@ from procs import is_worker
 
 FIX = Path(__file__).parent / "fixtures"
 RAY_BIN = Path(sys.executable).parent / "ray"
-SMOKE = ["--profile", "smoke", "--tasks", "mlp,lenet", "--backends", "torch,jax", "--threads", "1"]
+SMOKE = ["--profile", "smoke", "--tasks", "mlp,lenet", "--backends", "torch,jax", "--threads", "1",
+         "--timeout", "300"]
 
 
 def fwbench(*args, env=None, timeout=300):
@@ -363,7 +364,8 @@ def test_ctrl_c_cancels_the_ray_tasks_and_resume_finishes(cluster, tmp_path):
     pytest.importorskip("jax", reason="JAX is not installed")
     run_dir = tmp_path / "ctrl-c"
     folders = _job_folders()
-    args = ["--profile", "smoke", "--tasks", "mlp", "--backends", "torch,jax", "--threads", "1"]
+    args = ["--profile", "smoke", "--tasks", "mlp", "--backends", "torch,jax", "--threads", "1",
+            "--timeout", "300"]
     proc = subprocess.Popen([sys.executable, "-m", "fwbench.harness.cli", "run", "--executor", "ray",
                              "--ray-address", cluster["address"], *args, "--out", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

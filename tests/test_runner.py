@@ -47,15 +47,15 @@ def read(run_dir):
 
 
 def test_every_cell_ends_with_a_status_and_the_run_goes_on(tmp_path, toy_env):
-    out = runner.run(config(["crash", "fail", "nan", "constant", "hang"], timeout=20),
+    out = runner.run(config(["crash", "fail", "nan", "constant", "hang"], timeout=10),
                      tmp_path, toy_env)
     status = {r.backend: r for r in out}
     assert status["crash"].status == "crashed" and "SIGABRT" in status["crash"].error
     assert status["fail"].status == "failed"
     assert status["fail"].error == "ValueError: this adapter cannot build anything"  # one line
     assert status["nan"].status == "diverged" and "step 1" in status["nan"].error
-    assert status["hang"].status == "timeout" and "20 s" in status["hang"].error
-    assert 20 <= status["hang"].wall_s < 40  # the timeout record's own wall time is real
+    assert status["hang"].status == "timeout" and "10 s" in status["hang"].error
+    assert 10 <= status["hang"].wall_s < 30  # the timeout record's own wall time is real
     ok = status["constant"]
     assert ok.status == "ok" and ok.test_accuracy == pytest.approx(0.107, abs=0.01)
     assert ok.steps == 3000 // 128 and len(ok.epochs) == 1

@@ -43,7 +43,7 @@ def venv_python(tmp_path_factory) -> Path:
 
 def fwbench(python: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-m", "fwbench.harness.cli", *args], capture_output=True,
-                          text=True, env={**os.environ, "COLUMNS": "200"})
+                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=900)
 
 
 def test_the_plugin_is_not_in_this_environment():

@@ -32,7 +32,7 @@ def toy_env(tmp_path_factory):
 
 def fwbench(env, *args):
     return subprocess.run([sys.executable, "-m", "fwbench.harness.cli", *args], capture_output=True,
-                          text=True, env=env)
+                          text=True, env=env, timeout=900)
 
 
 def test_the_toy_adapter_declares_its_layers(toy_env):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 from typing import Iterator
 
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -41,7 +42,6 @@ class Interrupted(KeyboardInterrupt):
 _received: int | None = None  # the first signal
 _raised = False  # its Interrupted has been raised
 _depth = 0  # nesting of deferred sections
-_installed = False
 
 
 def _handler(signum: int, frame: object) -> None:
@@ -57,9 +57,11 @@ def _handler(signum: int, frame: object) -> None:
 def install() -> list[str]:
     """Handle SIGINT, SIGTERM and SIGHUP from now on (main thread only); returns a line
     for each inherited disposition that was overridden."""
-    global _installed, _received, _raised
-    notes = []
+    global _received, _raised
+    notes: list[str] = []
     _received, _raised = None, False
+    if threading.current_thread() is not threading.main_thread():  # Python allows none there
+        return notes
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
     for signum in STOPS:
         if signal.getsignal(signum) == signal.SIG_IGN:
@@ -68,7 +70,6 @@ def install() -> list[str]:
             notes.append(f"{signal.Signals(signum).name} was ignored (inherited from the "
                          "process that started fwbench); fwbench run stops on it anyway")
         signal.signal(signum, _handler)
-    _installed = True
     return notes
 
 
