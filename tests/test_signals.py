@@ -176,6 +176,7 @@ def test_the_watchdog_ignores_interrupts_and_kills_the_tree_when_the_runner_is_k
     proc = _run(tmp_path / "run", "spawner", env, _defaults)
     try:
         worker = _wait(lambda: _cell_running(proc, "spawner"), 120, "the spawner cell")
+        request = Path(worker.cmdline()[-1])
         _wait(lambda: spawned.read_text().split(), 60, "the worker's child")
         (dog,) = [p for p in psutil.Process(proc.pid).children() if is_watchdog(p.cmdline())]
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
@@ -187,6 +188,7 @@ def test_the_watchdog_ignores_interrupts_and_kills_the_tree_when_the_runner_is_k
         child = psutil.Process(int(spawned.read_text().split()[0]))
         _, alive = psutil.wait_procs([dog, worker, child], timeout=5)
         assert not alive, alive
+        assert not request.exists(), "the watchdog removes the cell's request file"
     finally:
         proc.kill()
     _wait(lambda: not tagged(token), 5, "every process to end")

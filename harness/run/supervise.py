@@ -309,7 +309,7 @@ def run_worker(request: records.Request, log_path: Path, timeout_s: float,
             worker = [python or sys.executable, "-m", "fwbench.harness.run.worker", cfg_path]
             with open(log_path, "w") as log:
                 dog = subprocess.Popen(
-                    [sys.executable, "-I", "-S", WATCHDOG, str(os.getpid()), "--", *worker],
+                    [sys.executable, "-I", "-S", WATCHDOG, str(os.getpid()), cfg_path, "--", *worker],
                     stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
                     # Frameworks drop files into the working directory (MindSpore's rank_0/
                     # graph dumps): the worker runs in the folder of its log, not the user's.
@@ -324,7 +324,10 @@ def run_worker(request: records.Request, log_path: Path, timeout_s: float,
             if dog is not None:
                 _kill_cell(dog, watch.cgroup if watch else None, seen)
             if cfg_path is not None:
-                os.unlink(cfg_path)
+                try:
+                    os.unlink(cfg_path)
+                except FileNotFoundError:  # the watchdog removed it when it killed the cell
+                    pass
     if outcome is None and watch.result is not None:
         result = watch.result
         outcome = Outcome(result.pop("status", "crashed"), result.pop("error", None), result)

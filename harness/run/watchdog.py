@@ -1,7 +1,9 @@
 """The watchdog of one cell: it starts the worker, owns everything the worker starts, and
 takes all of it down when the runner says so or dies.
 
-    python -I -S watchdog.py RUNNER_PID -- WORKER_COMMAND...
+    python -I -S watchdog.py RUNNER_PID [FILE...] -- WORKER_COMMAND...
+
+(FILEs: removed when the cell is killed, e.g. the worker's request, even if the runner died.)
 
 Standard library only, run as a file (no fwbench import, no site: it starts in ~20 ms in
 any environment). The runner starts it as the leader of a new process group, with the stop
@@ -38,6 +40,7 @@ PR_SET_CHILD_SUBREAPER = 36
 PARENT_ENV = "FWBENCH_PARENT_PID"  # the worker checks it still has this parent
 
 _cgroup: str | None = None
+_files: list[str] = []  # removed by kill_all
 
 
 def _emit(**event: object) -> None:
@@ -134,6 +137,11 @@ def kill_all(*_: object) -> None:
     """SIGKILL the cell: the cgroup, then (until none is left) every descendant and the group,
     this process last."""
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+    for path in _files:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     if _cgroup is not None:
         try:
             with open(os.path.join(_cgroup, "cgroup.kill"), "w") as f:
@@ -158,7 +166,8 @@ def kill_all(*_: object) -> None:
 
 def main(argv: list[str]) -> None:
     global _cgroup
-    runner_pid, command = int(argv[0]), argv[argv.index("--") + 1:]
+    split = argv.index("--")
+    runner_pid, _files[:], command = int(argv[0]), argv[1:split], argv[split + 1:]
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, kill_all)
