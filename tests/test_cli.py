@@ -168,6 +168,7 @@ def toys(tmp_path):
     return {"PYTHONPATH": os.pathsep.join([str(folder), str(TESTS)])}
 
 
+@pytest.mark.slow
 def test_resume_refuses_every_changed_option(tmp_path, toys):
     out = tmp_path / "run"
     env = {**toys}
@@ -199,6 +200,7 @@ def test_resume_refuses_every_changed_option(tmp_path, toys):
     assert fwbench("run", "--force-resume", env=env).returncode == 2
 
 
+@pytest.mark.slow
 def test_a_broken_or_clashing_plugin_is_a_warning_not_a_failure(tmp_path, toys):
     from toy_plugin import make_dist
 

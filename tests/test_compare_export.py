@@ -95,6 +95,7 @@ def test_compare_statistics_are_over_processes_with_holm_and_bonferroni():
     assert (result.stats.drift.ratio, result.stats.drift.lo) == pytest.approx((d.ratio, d.lo))
 
 
+@pytest.mark.slow
 def test_compare_exit_codes():
     plain = fwbench("compare", RUN_A, RUN_B)
     assert plain.returncode == 0, plain.stderr  # no gate: verdicts only
@@ -110,6 +111,7 @@ def test_compare_exit_codes():
     assert missing.returncode == 2 and "has no results.jsonl" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_a_compare_passes_the_gate():
     """A run against itself: no significant difference anywhere, exit 0 at 5%."""
     same = fwbench("compare", RUN_A, RUN_A, "--fail-on-regression", "5")
@@ -126,6 +128,7 @@ def test_a_a_compare_passes_the_gate():
     assert result.stats.drift.lo < 1 < result.stats.drift.hi
 
 
+@pytest.mark.slow
 def test_a_slower_machine_is_inconclusive_not_a_regression(tmp_path):
     """Every step and every drift probe of B 1.3x slower: the drift explains the change."""
     slowed = slowed_machine(tmp_path, RUN_A, 1.3)
@@ -160,6 +163,7 @@ def test_too_few_processes_never_fail(tmp_path):
     assert verdict_of(r.stdout, "lenet", SLOW) == "too few runs" and "regression" not in r.stderr
 
 
+@pytest.mark.slow
 def test_compare_warns_when_environments_or_definitions_differ(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
@@ -200,6 +204,7 @@ def test_export_tables(tmp_path, fmt):
             (x.step_time_ms.p50, x.throughput_samples_s))
 
 
+@pytest.mark.slow
 def test_export_bad_format_and_tensorboard(tmp_path):
     bad = fwbench("export", RUN_A, "--format", "xlsx")
     assert bad.returncode == 2 and "unknown format 'xlsx'" in bad.stderr

@@ -154,6 +154,7 @@ def test_real_mnist_matches_its_published_counts(real_data_dir):
     assert list(np.bincount(arrays["y_test"])) == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+@pytest.mark.slow
 def test_real_imdb(real_data_dir):
     arrays = data.load_prepared(data.prepare(data.DATASETS["imdb"], "quick", real_data_dir))
     assert arrays["x_train"].shape == (25000, 200) and arrays["x_test"].shape == (25000, 200)

@@ -257,6 +257,7 @@ def test_preflight_names_each_backend_without_cuda_and_keeps_the_others(fake_nvm
 # ------------------------------------------------------------------ real worker processes
 
 
+@pytest.mark.slow
 def test_cpu_cell_sets_no_gpu_before_the_import_and_records_the_new_fields(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(TESTS))
     runner.run(config(["cpuonly"]), tmp_path, dict(TOYS))
@@ -292,6 +293,7 @@ def gpu_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_gpu_cells_record_device_memory_utilisation_and_energy(gpu_run):
     found = read(gpu_run)
     r = found["fakegpu"]

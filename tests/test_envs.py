@@ -168,6 +168,7 @@ def test_a_plugin_installed_from_a_folder_brings_itself_into_its_env(tmp_path):
 # ------------------------------------------------------------------ refusals
 
 
+@pytest.mark.slow
 def test_a_missing_env_is_refused_with_the_command_that_creates_it(tmp_path):
     root = tmp_path / "none"
     r = fwbench("run", "--envs", "isolated", "--backends", "jax==0.7.1,torch,torch", "--tasks", "mlp",
@@ -192,6 +193,7 @@ def test_a_missing_env_is_refused_with_the_command_that_creates_it(tmp_path):
         assert r.stderr.startswith("fwbench: error: ")
 
 
+@pytest.mark.slow
 def test_a_pip_failure_is_one_line_and_leaves_no_env(tmp_path):
     broken = Backend("broken", "m:C", ("numpy",), requirements=(
         f"fwbench-missing @ file://{tmp_path}/does-not-exist",), source="plugin broken 1.0")
@@ -242,6 +244,7 @@ def torch_env(tmp_path_factory):
 
 
 @pytest.mark.envs
+@pytest.mark.slow
 def test_isolated_env_runs_a_cell_and_the_check_with_its_own_packages(torch_env, tmp_path):
     root, env = torch_env
     out = tmp_path / "run"

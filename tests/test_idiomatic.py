@@ -63,6 +63,7 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.mark.parametrize("family", list(idiomatic.LOOP_FILES))
+@pytest.mark.slow
 def test_each_loop_builds_runs_and_learns(family, tmp_path):
     missing = _missing(family)
     if missing:
@@ -168,6 +169,7 @@ def test_summary_ratio_ci_and_target_from_process_figures():
     assert max(len(ln.rstrip()) for ln in tables_only.splitlines()) <= 80
 
 
+@pytest.mark.slow
 def test_sweep_in_worker_processes_with_a_toy_adapter_and_a_toy_loop(tmp_path, monkeypatch):
     """The whole pipeline without a framework: the column 'torch' runs the toy adapter, its
     reference loop is a toy file in FWBENCH_IDIOMATIC_DIR; a broken loop fails its processes

@@ -131,6 +131,7 @@ print("PROBE " + json.dumps(out))
 
 
 @pytest.mark.parametrize("module,requires,families", PLACES, ids=[p[0].rsplit(".")[-1] for p in PLACES])
+@pytest.mark.slow
 def test_a_new_type_breaks_every_place_that_has_not_learned_it(module, requires, families):
     missing = [d for d in requires if importlib.util.find_spec(d) is None]
     if missing:

@@ -11,6 +11,8 @@ from fwbench.harness.catalog.backends import discover
 from layer_cases import (CASES, NEW_TASKS, check_dropout_only_in_training, check_forward_and_gradients,
                          check_round_trip)
 
+pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
+
 FRAMEWORKS = {"torch": ("torch", "PyTorch", "torch"), "tensorflow": ("keras", "Keras/TensorFlow", "tensorflow"),
               "mindspore": ("mindspore", "MindSpore", "mindspore")}
 

@@ -14,6 +14,8 @@ import pytest
 from fwbench.harness import reference, spec
 from fwbench.harness.catalog.backends import discover
 
+pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
+
 pytest.importorskip("jax", reason="JAX is not installed (pip install -e '.[jax]')")
 
 ADAM = spec.Adam(lr=1e-3, b1=0.9, b2=0.999, eps=1e-7)

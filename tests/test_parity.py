@@ -35,6 +35,7 @@ def _pairs():
 
 
 @pytest.mark.parametrize("task, backend", list(_pairs()))
+@pytest.mark.slow
 def test_backend_matches_the_references(rows, backend, task):
     missing = BACKENDS[backend].missing()
     if missing:

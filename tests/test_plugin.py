@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
+
 PLUGIN = Path(__file__).parent / "plugin"
 
 

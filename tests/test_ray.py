@@ -132,6 +132,7 @@ def test_env_shows_the_hardware_fingerprint():
 # ------------------------------------------------------------------ a real Ray cluster
 
 
+@pytest.mark.slow
 def test_no_cluster_or_no_ray_is_one_line(tmp_path):
     """Before any cluster exists (this test runs before the module's cluster starts)."""
     pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]'")

@@ -176,6 +176,7 @@ def test_the_run_s_own_task_definitions_are_reported(monkeypatch):
 # ------------------------------------------------------------------ Markdown
 
 
+@pytest.mark.slow
 def test_reports_import_no_framework():
     """In a fresh process (other tests may have imported torch into this one)."""
     pytest.importorskip("matplotlib")
@@ -652,6 +653,7 @@ SLOW = Backend("{slow}", "fixture_backends:Toy", ("numpy",), {{"sleep_ms": 3.0}}
 """
 
 
+@pytest.mark.slow
 def test_fwbench_run_prints_a_summary_that_fits_80_columns(tmp_path):
     """A real ``fwbench run`` of two toy backends registered as a plugin (a dist-info on
     PYTHONPATH, nothing installed), in an 80-column terminal."""

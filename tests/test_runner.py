@@ -46,6 +46,7 @@ def read(run_dir):
     return records.read_records(Path(run_dir) / runner.RESULTS)
 
 
+@pytest.mark.slow
 def test_every_cell_ends_with_a_status_and_the_run_goes_on(tmp_path, toy_env):
     out = runner.run(config(["crash", "fail", "nan", "constant", "hang"], timeout=10),
                      tmp_path, toy_env)
@@ -76,6 +77,7 @@ def test_every_cell_ends_with_a_status_and_the_run_goes_on(tmp_path, toy_env):
     assert meta.backends["constant"].adapter_sha256  # the toy module's source, hashed
 
 
+@pytest.mark.slow
 def test_numpy_scalars_in_thread_settings_keep_the_cell_ok(tmp_path, toy_env):
     (r,) = runner.run(config(["scalars"]), tmp_path, toy_env)
     assert r.status == "ok", r.error
@@ -93,6 +95,7 @@ def test_plan_interleaves_backends_in_rounds():
                                             ("lenet", "a", 0, 2), ("lenet", "b", 0, 2)]
 
 
+@pytest.mark.slow
 def test_repeats_are_timing_only_with_a_drift_probe_per_round_and_noise_per_cell(tmp_path, toy_env):
     cfg = runner.RunConfig(("mlp",), ("constant", "slow"), "smoke", (0,), 1, 60.0, repeats=1,
                            timing_steps=5)
@@ -109,6 +112,7 @@ def test_repeats_are_timing_only_with_a_drift_probe_per_round_and_noise_per_cell
     assert meta.noise_at_start is not None and meta.noise_at_start.busy is not None
 
 
+@pytest.mark.slow
 def test_adaptive_repeats_stop_at_the_ci_or_the_cap(tmp_path, toy_env):
     """--until-ci: the toy 'slow' cell (0.1 s sleeps: very stable) stops once its CI is
     narrow, which the exact order-statistic CI allows from 6 processes; a 0.001% target
@@ -126,6 +130,7 @@ def test_adaptive_repeats_stop_at_the_ci_or_the_cap(tmp_path, toy_env):
     assert len(read(tmp_path / "b")) == 7
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells(tmp_path, toy_env):
     first = runner.run(config(["constant"], seeds=(0,)), tmp_path, toy_env)
     assert len(first) == 1
@@ -163,6 +168,7 @@ def test_a_record_of_another_schema_is_refused_in_one_line(tmp_path):
         records.read_records(path)
 
 
+@pytest.mark.slow
 def test_resume_after_a_torn_line_cuts_it_and_the_file_stays_readable(tmp_path, toy_env):
     """A kill during the write leaves half a line; resume must not append onto it."""
     runner.run(config(["constant"], seeds=(0, 1)), tmp_path, toy_env)
@@ -179,12 +185,14 @@ def test_resume_after_a_torn_line_cuts_it_and_the_file_stays_readable(tmp_path, 
     assert path.read_text().endswith("\n")
 
 
+@pytest.mark.slow
 def test_memory_limit_kills_the_cell_as_oom(tmp_path, toy_env):
     out = runner.run(config(["hog", "constant"], memory=1.0), tmp_path, toy_env)
     assert out[0].status == "oom" and "exceeded the limit of 1 GiB" in out[0].error
     assert out[1].status == "ok"
 
 
+@pytest.mark.slow
 def test_a_sigkill_from_outside_is_killed_not_oom(tmp_path, toy_env, monkeypatch):
     mark = tmp_path / "in-step.txt"
     monkeypatch.setenv("FWBENCH_TEST_MARK", str(mark))
@@ -246,6 +254,7 @@ def _alive(pids):
 
 
 @pytest.mark.parametrize("moment", ["between cells", "mid-cell"])
+@pytest.mark.slow
 def test_kill_9_of_the_runner_then_resume(tmp_path, toy_env, moment, monkeypatch):
     """No record lost, none duplicated, no process of a cell outlives the runner -- not even
     the worker's own children (the toy spawns one, as torch.compile does)."""
@@ -278,6 +287,7 @@ def test_kill_9_of_the_runner_then_resume(tmp_path, toy_env, moment, monkeypatch
     _wait(lambda: not _alive([int(x) for x in spawned.read_text().split()]), 15)
 
 
+@pytest.mark.slow
 def test_torch_compile_workers_die_with_the_runner(tmp_path):
     """torch.compile's compile workers are real children of the worker process; none survives
     a kill -9 of the runner. (torch's compile workers also watch their parent themselves:

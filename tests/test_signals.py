@@ -21,6 +21,8 @@ import pytest
 from fwbench.harness.run import runner
 from procs import TOKEN, is_watchdog, is_worker, kill_tagged, tagged, wait_for as _wait
 
+pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
+
 TESTS = Path(__file__).parent
 
 

@@ -14,6 +14,8 @@ import pytest
 from fwbench.harness.report import analysis, markdown as report
 from fwbench.harness import spec
 
+pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
+
 PLUGIN = Path(__file__).parent / "plugin"
 
 
