@@ -53,3 +53,22 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "the condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def leaked_cgroups() -> set[str]:
+    """The cells' cgroup folders (``watchdog.cell_cgroup``) whose watchdog is gone: nothing
+    should leave one behind."""
+    import glob
+    import os
+
+    from fwbench.harness.run import watchdog
+
+    mine = watchdog.cell_cgroup(os.getpid())
+    if mine is None:
+        return set()
+    found = set()
+    for folder in glob.glob(os.path.join(os.path.dirname(mine), "fwbench-cell-*")):
+        pid = int(folder.rsplit("-", 1)[1])
+        if not os.path.exists(f"/proc/{pid}"):
+            found.add(folder)
+    return found

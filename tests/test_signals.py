@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from fwbench.harness.run import runner
-from procs import TOKEN, is_watchdog, is_worker, kill_tagged, tagged, wait_for as _wait
+from procs import TOKEN, is_watchdog, is_worker, kill_tagged, leaked_cgroups, tagged, wait_for as _wait
 
 pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
 
@@ -35,8 +35,10 @@ def ours(tmp_path):
     token = uuid.uuid4().hex
     env = {**os.environ, TOKEN: token, "COLUMNS": "160",
            "PYTHONPATH": os.pathsep.join([str(make_toy_plugin(tmp_path / "toys")), str(TESTS)])}
+    before = leaked_cgroups()
     yield token, env
     kill_tagged(token)
+    assert leaked_cgroups() <= before, "a cell's cgroup folder was left behind"
 
 
 def _run(run_dir: Path, backends: str, env: dict, preexec_fn=None) -> subprocess.Popen:
@@ -160,6 +162,13 @@ def test_a_signal_at_each_named_point_of_the_runner_leaves_nothing_alive(fault, 
     _wait(lambda: not tagged(token), 5, "every process to end")
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _no_signal_pending(pid: int) -> bool:
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f)
@@ -179,7 +188,8 @@ def test_the_watchdog_ignores_interrupts_and_kills_the_tree_when_the_runner_is_k
     try:
         worker = _wait(lambda: _cell_running(proc, "spawner"), 120, "the spawner cell")
         request = Path(worker.cmdline()[-1])
-        _wait(lambda: spawned.read_text().split(), 60, "the worker's child")
+        child = psutil.Process(int(_wait(lambda: spawned.read_text().split(), 60,
+                                         "the worker's child")[0]))
         (dog,) = [p for p in psutil.Process(proc.pid).children() if is_watchdog(p.cmdline())]
         for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             dog.send_signal(signum)
@@ -187,7 +197,6 @@ def test_the_watchdog_ignores_interrupts_and_kills_the_tree_when_the_runner_is_k
         assert dog.status() != psutil.STATUS_ZOMBIE and worker.is_running()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        child = psutil.Process(int(spawned.read_text().split()[0]))
         _, alive = psutil.wait_procs([dog, worker, child], timeout=5)
         assert not alive, alive
         assert not request.exists(), "the watchdog removes the cell's request file"
@@ -212,8 +221,7 @@ def test_a_worker_whose_forked_child_holds_the_pipe_ends_ok_at_its_exit(tmp_path
     assert record.status == "ok", record.error
     assert record.wall_s < 3, record.wall_s
     sleeper = int(spawned.read_text().split()[0])
-    _wait(lambda: not psutil.pid_exists(sleeper)
-          or psutil.Process(sleeper).status() == psutil.STATUS_ZOMBIE, 5, "the sleeper to die")
+    _wait(lambda: _gone(sleeper), 5, "the sleeper to die")
     assert record.containment and record.noise.runner_cores is not None
     _wait(lambda: not tagged(token), 5, "every process to end")
 

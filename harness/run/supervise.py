@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fwbench.harness import records
-from fwbench.harness.run import signals
+from fwbench.harness.run import signals, watchdog
 
 
 @dataclass
@@ -109,23 +109,11 @@ def _kill_cell(dog: subprocess.Popen, cgroup: str | None, known: list) -> None:
         dog.wait(KILL_WAIT_S)
     except subprocess.TimeoutExpired:  # pragma: no cover - a process SIGKILL cannot stop
         pass
-    if cgroup is not None:
-        _remove_cgroup(cgroup)
-
-
-def _remove_cgroup(folder: str) -> None:
-    """Remove a cell's cgroup once its last process is gone (killed: at most a moment)."""
-    deadline = time.monotonic() + KILL_WAIT_S
-    while True:
-        try:
-            os.rmdir(folder)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:  # still populated for a moment after cgroup.kill
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
+    # The watchdog removes its cgroup itself; not if it died first, or was killed before the
+    # runner read its first line (then the folder is where it would have made it).
+    folder = cgroup or watchdog.cell_cgroup(dog.pid)
+    if folder is not None and os.path.isdir(folder):
+        watchdog.remove_cgroup(folder, KILL_WAIT_S)
 
 
 def _in_group(group: int) -> dict[str, Any]:

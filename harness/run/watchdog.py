@@ -70,19 +70,31 @@ def _v2_mount() -> str | None:
     return None
 
 
+def cell_cgroup(watchdog_pid: int) -> str | None:
+    """The folder of the cgroup the watchdog ``watchdog_pid`` makes for its cell, below the
+    cgroup v2 of the calling process (the runner's, which the watchdog started in); None
+    without cgroup v2."""
+    mount = _v2_mount()
+    if mount is None:
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            mine = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    return os.path.join(mount + mine, f"fwbench-cell-{watchdog_pid}")
+
+
 def _own_cgroup() -> tuple[str | None, str]:
     """A new cgroup v2 below this process's own, with this process moved into it:
     (its folder, "cgroup"), or (None, the fallback and why)."""
     fallback = "process group + subreaper"
-    mount = _v2_mount()
-    if mount is None:
-        return None, f"{fallback} (no cgroup v2 mounted)"
+    folder = cell_cgroup(os.getpid())
+    if folder is None:
+        return None, f"{fallback} (no cgroup v2)"
     try:
-        with open("/proc/self/cgroup") as f:
-            mine = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
-        folder = os.path.join(mount + mine, f"fwbench-cell-{os.getpid()}")
         os.mkdir(folder)
-    except (OSError, StopIteration) as exc:
+    except OSError as exc:
         return None, f"{fallback} (no cgroup v2 delegated here: {type(exc).__name__})"
     try:
         with open(os.path.join(folder, "cgroup.procs"), "w") as f:
@@ -133,6 +145,23 @@ def _reap() -> list[tuple[int, int]]:
         ended.append((pid, status))
 
 
+def remove_cgroup(folder: str, wait_s: float = 2.0) -> None:
+    """Remove a cell's cgroup once its last process has gone (a moment after the kill)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.rmdir(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
 def kill_all(*_: object) -> None:
     """SIGKILL the cell: the cgroup, then (until none is left) every descendant and the group,
     this process last."""
@@ -143,9 +172,11 @@ def kill_all(*_: object) -> None:
         except OSError:
             pass
     if _cgroup is not None:
-        try:
+        try:  # step out into the parent cgroup, then kill everything left in the cell's
+            with open(os.path.join(os.path.dirname(_cgroup), "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
             with open(os.path.join(_cgroup, "cgroup.kill"), "w") as f:
-                f.write("1")  # this process too: the runner removes the folder
+                f.write("1")
         except OSError:
             pass
     for _ in range(50):  # a process that forks while we kill is caught by the next pass
@@ -158,6 +189,8 @@ def kill_all(*_: object) -> None:
             except OSError:
                 pass
         _reap()
+    if _cgroup is not None:
+        remove_cgroup(_cgroup)
     try:
         os.killpg(os.getpgid(0), signal.SIGKILL)
     finally:
@@ -176,7 +209,9 @@ def main(argv: list[str]) -> None:
     reaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getppid() != runner_pid:  # the runner died before the death signal was set
         kill_all()
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # kill_all must know the folder
     _cgroup, containment = _own_cgroup()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
     if not reaper and _cgroup is None:
         containment = "process group only (no subreaper, no cgroup)"
     _emit(event="watchdog", containment=containment, cgroup=_cgroup)
