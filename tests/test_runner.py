@@ -308,8 +308,14 @@ def test_torch_compile_workers_die_with_the_runner(tmp_path):
 
     def compiling():
         kids = psutil.Process(proc.pid).children(recursive=True)
-        workers = [k for k in kids if is_worker(k.cmdline())]
-        deeper = [k for w in workers for k in w.children(recursive=True)]
+        workers, deeper = [], []
+        for k in kids:  # a watchdog of an earlier probe may be a zombie a moment
+            try:
+                if is_worker(k.cmdline()):
+                    workers.append(k)
+                    deeper += k.children(recursive=True)
+            except psutil.Error:
+                pass
         return (kids, deeper) if deeper else None
 
     try:
