@@ -81,10 +81,6 @@ def check() -> None:
         raise Interrupted(_received)
 
 
-def received() -> int | None:
-    return _received
-
-
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """A section no signal interrupts: one that arrives meanwhile is raised at its end (not
