@@ -13,6 +13,26 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FWBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _no_cell_cgroup_left():
+    """No test leaves a cell's cgroup folder behind (a watchdog that died without removing
+    it). One left is removed, so the tests after it are not blamed, and this test errors."""
+    from procs import leaked_cgroups, wait_for
+
+    before = leaked_cgroups()
+    yield
+    try:
+        wait_for(lambda: not leaked_cgroups() - before, 10, "the cells' cgroup folders to go")
+    except AssertionError:
+        left = sorted(leaked_cgroups() - before)
+        for folder in left:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        pytest.fail(f"a cell's cgroup folder was left behind: {', '.join(left)}")
+
+
 @pytest.fixture
 def real_data_dir() -> Path:
     """The real data files (FWBENCH_DATA_DIR, as .ci/run sets it); skip where absent."""

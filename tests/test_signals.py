@@ -255,3 +255,19 @@ def test_a_dead_watchdog_fails_its_cell_and_the_run_goes_on(tmp_path, ours, monk
     hang, constant = box["out"]
     assert hang.status == "crashed" and "watchdog died" in hang.error, hang.error
     assert constant.status == "ok"
+
+
+def test_a_watchdog_that_does_not_lead_its_group_never_kills_the_group(ours):
+    """Run by hand (or by anything but the runner) the watchdog is not its group's leader: its
+    kill order kills its own tree, not the caller's group. Contained: the caller is a helper
+    with a session of its own, which prints its watchdog's exit code and then that it lives."""
+    from fwbench.harness.run import supervise
+
+    token, env = ours
+    helper = ("import subprocess, sys\n"
+              f"dog = subprocess.Popen([sys.executable, '-I', '-S', {supervise.WATCHDOG!r}, '1', "
+              "'--', '/bin/sleep', '60'])\n"  # runner pid 1 is not its parent: it kills at once
+              "print(dog.wait(timeout=30), 'alive', flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", helper], env=env, start_new_session=True,
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.split()) == (0, ["137", "alive"]), (out.returncode, out.stderr)

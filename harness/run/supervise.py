@@ -113,6 +113,11 @@ def _kill_cell(dog: subprocess.Popen, cgroup: str | None, known: list) -> None:
     # runner read its first line (then the folder is where it would have made it).
     folder = cgroup or watchdog.cell_cgroup(dog.pid)
     if folder is not None and os.path.isdir(folder):
+        try:  # whatever the watchdog left in it (a child the runner never saw)
+            with open(os.path.join(folder, "cgroup.kill"), "w") as f:
+                f.write("1")
+        except OSError:
+            pass
         watchdog.remove_cgroup(folder, KILL_WAIT_S)
 
 
