@@ -336,7 +336,7 @@ def _configure(mode: str, threads: int, launch_blocking: bool) -> None:
         pass
 
 
-def _avoid_reference_conv(task: spec.Task) -> None:
+def _avoid_reference_conv(tasks: list[spec.Task]) -> None:
     """Cap oneDNN at AVX2 for models with convolutions (before the first oneDNN primitive).
 
     MindSpore's CPU Conv2D hands oneDNN 3.10 (bundled) plain NCHW/OIHW memory. On an AVX-512
@@ -345,9 +345,12 @@ def _avoid_reference_conv(task: spec.Task) -> None:
     ~25x slower than with the AVX2 kernels, where oneDNN uses im2col + JIT sgemm
     ("x64:gemm:jit"). ``nn.Conv2d`` has no NHWC mode on CPU. The cap costs the matmul-only
     models some speed (AVX2 instead of AVX-512 sgemm), so it is applied only with Conv2D.
-    oneDNN reads the variable at its first primitive; a value set by the user wins.
+    oneDNN reads the variable at its first primitive, once per process (so ``fwbench check``,
+    one process for all tasks, sets it before its first task: ``prepare_process``; without,
+    its cnn probe took 5 min of 6); a value set by the user wins.
     """
-    if any(isinstance(layer, (spec.Conv2D, spec.Conv1D)) for layer in task.layers):  # Conv1d is a Conv2D
+    convs = (spec.Conv2D, spec.Conv1D)  # Conv1d is a Conv2D
+    if any(isinstance(layer, convs) for task in tasks for layer in task.layers):
         os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 
@@ -369,13 +372,17 @@ class MindSporeAdapter(Adapter):
         # PYNATIVE_MODE only: run ops synchronously (see _configure); options
         # {"launch_blocking": False} keeps MindSpore's default asynchronous pipeline.
         self.launch_blocking = self.mode == "pynative" and bool(self.options.get("launch_blocking", True))
-        _avoid_reference_conv(task)
+        _avoid_reference_conv([task])
         _configure(self.mode, threads, self.launch_blocking)
         self._training: bool | None = None
         if self.options.get("deterministic"):
             ms.set_deterministic(True)
         if self.options.get("deterministic") or "seed" in self.options:
             ms.set_seed(int(self.options.get("seed", 0)))  # dropout masks
+
+    @classmethod
+    def prepare_process(cls, tasks: list[spec.Task]) -> None:
+        _avoid_reference_conv(tasks)
 
     def determinism(self) -> dict[str, Any]:
         on = bool(self.options.get("deterministic"))

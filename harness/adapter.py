@@ -42,6 +42,12 @@ class Adapter(abc.ABC):
         self.options = dict(options or {})
 
     @classmethod
+    def prepare_process(cls, tasks: list[spec.Task]) -> None:
+        """Called once in a worker process, before the first adapter of ``tasks`` is made
+        (one task in a run's cell, several in ``fwbench check``'s probe): for settings a
+        framework reads once per process. Default: nothing."""
+
+    @classmethod
     def unsupported(cls, task: spec.Task) -> list[spec.Layer]:
         """The layers of ``task`` this adapter cannot run ([] if it can run the task); asked by
         the worker before building anything, so a missing layer is ``unsupported``, never a

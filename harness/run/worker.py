@@ -173,6 +173,7 @@ def train(req, out) -> dict[str, Any]:
     record["baseline_rss_mib"] = baseline / MIB
 
     t = time.perf_counter()
+    adapter_cls.prepare_process([task])
     adapter = adapter_cls(task, req.threads, devices.adapter_options(backend.options, dev))
     switch = adapter.flush_denormals() if req.denormals == "flush" else ""
     record["precision"] = precision_state(adapter, dev)
@@ -336,6 +337,7 @@ def probe(req) -> dict[str, Any]:
     dev = devices.parse(req.device)
     adapter_cls = backend.load()
     no_device = adapter_cls.device_unsupported(dev.platform)
+    adapter_cls.prepare_process([records.task_from_json(item.task) for item in req.probes])
     for item in req.probes:
         task = records.task_from_json(item.task)
         missing = adapter_cls.unsupported(task)
