@@ -26,7 +26,7 @@ from fwbench.harness.report import analysis, compare, markdown as report
 from fwbench.harness.measure import environment
 from fwbench.harness import records
 from fwbench.harness.errors import FwbenchError
-from procs import is_worker
+from procs import is_worker, wait_for as _wait
 
 FIX = Path(__file__).parent / "fixtures"
 RAY_BIN = Path(sys.executable).parent / "ray"
@@ -354,8 +354,7 @@ def test_a_node_dying_mid_cell_costs_one_retry_on_the_other(cluster, tmp_path):
     print(f"killed the raylet of node {retried.lost_node[:12]} during {task}/{backend}; "
           f"the cell ran again on node {retried.node[:12]}: {retried.status}")
     assert "running it again on another node" in out
-    time.sleep(1)
-    assert victim["pid"] not in _workers_left()
+    _wait(lambda: victim["pid"] not in _workers_left(), 10, "the victim worker to end")
 
 
 @pytest.mark.slow
@@ -384,11 +383,8 @@ def test_ctrl_c_cancels_the_ray_tasks_and_resume_finishes(cluster, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert f"Resume with: fwbench run --resume {run_dir}" in err
-    for _ in range(20):  # the cancelled task took the cell's worker with it
-        if victim["pid"] not in _workers_left():
-            break
-        time.sleep(0.5)
-    assert victim["pid"] not in _workers_left()
+    # the cancelled task took the cell's worker with it
+    _wait(lambda: victim["pid"] not in _workers_left(), 10, "the victim worker to end")
     assert _job_folders() <= folders, "a cancelled task left its node folder"
     before = {x.ident for x in _records(run_dir)}
     r = fwbench("run", "--resume", run_dir, "--ray-address", cluster["address"], env=cluster["env"])

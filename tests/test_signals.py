@@ -271,3 +271,34 @@ def test_a_watchdog_that_does_not_lead_its_group_never_kills_the_group(ours):
     out = subprocess.run([sys.executable, "-c", helper], env=env, start_new_session=True,
                          capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stdout.split()) == (0, ["137", "alive"]), (out.returncode, out.stderr)
+
+
+def test_a_cell_folder_left_by_a_watchdog_killed_from_outside_goes_with_the_next_cell(
+        tmp_path, ours, monkeypatch):
+    """A watchdog SIGKILLed from outside (a Ray worker that ends kills its children) cannot
+    remove its cgroup: the next cell on the machine removes it, killing what is still in it."""
+    from fwbench.harness.run import watchdog
+    from test_runner import TOYS, config
+
+    token, env = ours
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a watchdog pid that is no longer alive
+    folder = watchdog.cell_cgroup(gone.pid)
+    try:
+        os.mkdir(folder or "")
+    except OSError as exc:
+        pytest.skip(f"no cgroup v2 to create a cell's folder in here ({exc.strerror})")
+    sleeper = subprocess.Popen(["sleep", "60"], env=env)
+    try:
+        with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+            f.write(str(sleeper.pid))
+        for name in (TOKEN, "PYTHONPATH"):
+            monkeypatch.setenv(name, env[name])
+        (record,) = runner.run(config(["constant"], timeout=60), tmp_path / "run", TOYS)
+        assert record.status == "ok", record.error
+        assert not os.path.exists(folder)
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        sleeper.kill()
+        if os.path.isdir(folder):
+            watchdog.remove_cgroup(folder)

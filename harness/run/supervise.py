@@ -119,6 +119,7 @@ def _kill_cell(dog: subprocess.Popen, cgroup: str | None, known: list) -> None:
         except OSError:
             pass
         watchdog.remove_cgroup(folder, KILL_WAIT_S)
+    watchdog.sweep(folder)  # and any a watchdog killed from outside left
 
 
 def _in_group(group: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ POLL_S = 0.5
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 PARENT_ENV = "FWBENCH_PARENT_PID"  # the worker checks it still has this parent
+CELL_PREFIX = "fwbench-cell-"  # a cell's cgroup folder: CELL_PREFIX + its watchdog's pid
 
 _cgroup: str | None = None
 _files: list[str] = []  # removed by kill_all
@@ -82,7 +83,7 @@ def cell_cgroup(watchdog_pid: int) -> str | None:
             mine = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
     except (OSError, StopIteration):
         return None
-    return os.path.join(mount + mine, f"fwbench-cell-{watchdog_pid}")
+    return os.path.join(mount + mine, f"{CELL_PREFIX}{watchdog_pid}")
 
 
 def _own_cgroup() -> tuple[str | None, str]:
@@ -92,6 +93,7 @@ def _own_cgroup() -> tuple[str | None, str]:
     folder = cell_cgroup(os.getpid())
     if folder is None:
         return None, f"{fallback} (no cgroup v2)"
+    sweep(folder)
     try:
         os.mkdir(folder)
     except OSError as exc:
@@ -164,6 +166,31 @@ def remove_cgroup(folder: str, wait_s: float = 2.0) -> None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.01)
+
+
+def sweep(folder: str | None) -> None:
+    """Remove the cells' cgroups beside ``folder`` (a cell's cgroup) whose watchdog is gone,
+    killing what is still in one (nothing supervises it any more). A watchdog killed from
+    outside (SIGKILL: a Ray worker that ends kills its children) cannot remove its own; the
+    next cell on the machine does. A zombie watchdog's folder is its runner's to remove."""
+    if folder is None:
+        return
+    parent = os.path.dirname(folder)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(CELL_PREFIX):] if name.startswith(CELL_PREFIX) else ""
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        stale = os.path.join(parent, name)
+        try:
+            with open(os.path.join(stale, "cgroup.kill"), "w") as f:
+                f.write("1")
+        except OSError:
+            pass
+        remove_cgroup(stale, 1.0)
 
 
 def kill_all(*_: object) -> None:
