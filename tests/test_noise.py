@@ -21,31 +21,43 @@ def _core() -> int:
 
 
 def test_a_process_burning_the_core_is_seen():
+    """Relative to what the burner itself got (psutil): on a loaded machine (other tests,
+    CPU hogs) it gets only a share of its core, and the core is busier still."""
+    import psutil
+
     core = _core()
-    burner = subprocess.Popen([sys.executable, "-c", BURN % (core, 2.5)])
+    burner = subprocess.Popen([sys.executable, "-c", "print('spinning', flush=True)\n" + BURN % (core, 30)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)  # started and spinning
+        assert burner.stdout.readline().strip() == "spinning"
+        cpu = psutil.Process(burner.pid)
+        used = sum(cpu.cpu_times()[:2])
         before = noise.snapshot([core])
-        time.sleep(1.0)
+        time.sleep(1.0)  # the interval measured, not a wait for something to happen
         after = noise.snapshot([core])
+        burned = sum(cpu.cpu_times()[:2]) - used
     finally:
         burner.kill()
         burner.wait()
+    assert burned > 0.1, burned  # it had at least a tenth of its core
     # the burner is not ours for this probe (no own pids): it is "other"
     b = noise.busy_between(before, after, own_pids=[])
     assert b.cpus == (core,) and b.interval_s == pytest.approx(1.0, abs=0.3)
-    assert b.others_cores > 0.3, b.text()
-    assert noise.is_busy(b) is True and b.busy is True
+    assert b.others_s >= 0.8 * burned, (b.text(), burned)
     assert burner.pid in [pid for pid, _, _ in b.top_others]
+    if burned > 0.5:  # the burner alone made the core busy
+        assert noise.is_busy(b) is True and b.busy is True
     # as our own child it counts as our own tree, and leaves the cores
     mine = noise.busy_between(before, after, own_pids=[os.getpid()])
-    assert mine.own_s > 0.3 and mine.others_s < b.others_s
+    assert mine.own_s >= 0.8 * burned and mine.others_s < b.others_s
 
 
 def test_a_child_that_ended_in_between_is_counted_as_ours():
     core = _core()
     before = noise.snapshot([core])
-    subprocess.run([sys.executable, "-c", BURN % (core, 0.6)], check=True)  # reaped before `after`
+    # 0.6 s of CPU, however loaded the core is; reaped before `after`
+    subprocess.run([sys.executable, "-c", BURN.replace("time.time()", "time.process_time()") % (core, 0.6)],
+                   check=True)
     after = noise.snapshot([core])
     b = noise.busy_between(before, after, own_pids=[os.getpid()])
     assert b.own_s > 0.3  # seen through our children time
