@@ -309,6 +309,15 @@ def _raylets() -> list[psutil.Process]:
     return sorted(found, key=lambda p: p.info["create_time"])
 
 
+def _kill_if_worker(pid: int) -> None:
+    try:
+        p = psutil.Process(pid)
+        if is_worker(p.cmdline()):
+            p.kill()
+    except psutil.Error:
+        pass
+
+
 def _workers_left() -> list[int]:
     return [p.pid for p in psutil.process_iter(["cmdline"])
             if is_worker(p.info["cmdline"])]
@@ -327,6 +336,7 @@ def test_a_node_dying_mid_cell_costs_one_retry_on_the_other(cluster, tmp_path):
                              "--ray-address", cluster["address"], *SMOKE, "--out", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**cluster["env"], "COLUMNS": "160"})
+    folders = _job_folders()
     victim = None
     deadline = time.monotonic() + 150
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
@@ -335,12 +345,16 @@ def test_a_node_dying_mid_cell_costs_one_retry_on_the_other(cluster, tmp_path):
         victim = found if found is not None and _frozen(found["pid"]) else None
         time.sleep(0.2)
     assert victim is not None, "no cell ran on the second node"
-    second.kill()  # the raylet: the node dies with the cell's worker on it
+    # The raylet: the node dies with the cell's worker on it. The victim stays frozen: a Ray
+    # worker outlives its raylet for a moment and returns results to the driver directly, so a
+    # victim let go here could still finish its cell (seen: then the next cell, sent to the
+    # dead node, was the one retried). Its watchdog kills it when its Ray worker dies.
+    second.kill()
     try:
-        os.kill(victim["pid"], signal.SIGCONT)
-    except ProcessLookupError:
-        pass
-    out, err = proc.communicate(timeout=240)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        _kill_if_worker(victim["pid"])
     print(out[-4000:], err[-2000:])
     assert proc.returncode == 0, out[-3000:] + err[-3000:]
     got = _records(run_dir)
@@ -355,6 +369,9 @@ def test_a_node_dying_mid_cell_costs_one_retry_on_the_other(cluster, tmp_path):
           f"the cell ran again on node {retried.node[:12]}: {retried.status}")
     assert "running it again on another node" in out
     _wait(lambda: victim["pid"] not in _workers_left(), 10, "the victim worker to end")
+    # the killed node's job never ran its finally: the next job on the machine (the retry,
+    # on the same machine here) removed its folder
+    assert _job_folders() <= folders, "the dead node's job folder was left"
 
 
 @pytest.mark.slow

@@ -90,6 +90,28 @@ def _node_data(dataset: str, sha256: str, holder: list[Any], shared_path: str | 
     return str(path)
 
 
+JOB_PREFIX = "fwbench-job-"  # a job's node-side folder: JOB_PREFIX + the Ray worker's pid + "-..."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _sweep_job_folders() -> None:
+    """Remove the job folders of Ray workers that are gone: one killed with its node (the
+    raylet died mid-cell) never ran its ``finally``."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{JOB_PREFIX}*-*"):
+        pid = folder.name[len(JOB_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _ray_job(job: Job, data: tuple[str, str, list[Any], str | None] | None) -> Done:
     """A job on a node: its prepared data, then ``execute`` with the log in a node-local
     folder (also the worker's working directory), returned with the outcome."""
@@ -97,7 +119,8 @@ def _ray_job(job: Job, data: tuple[str, str, list[Any], str | None] | None) -> D
 
     node = ray.get_runtime_context().get_node_id()
     hardware = environment.hardware_fingerprint()
-    folder = Path(tempfile.mkdtemp(prefix="fwbench-job-"))
+    _sweep_job_folders()
+    folder = Path(tempfile.mkdtemp(prefix=f"{JOB_PREFIX}{os.getpid()}-"))
     local = dataclasses.replace(job, log_path=folder / job.log_path.name)
     try:
         try:
