@@ -26,14 +26,23 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FWBENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-@pytest.fixture(autouse=True)
-def _no_cell_cgroup_left():
-    """No test leaves a cell's cgroup folder behind (a watchdog that died without removing
-    it). One left is removed, so the tests after it are not blamed, and this test errors."""
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the xdist controller, or `-n 0`'s process
+        from procs import leaked_cgroups
+
+        session.config.stash[_CGROUPS] = leaked_cgroups()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No cell cgroup folder is left when the suite ends (a watchdog that died without
+    removing it, and no later cell swept it). Checked once, in the controlling process: with
+    several workers, one test cannot tell its own folders from another worker's, which may
+    exist for a moment (a Ray node killed mid-cell leaves one until the next cell sweeps it)."""
+    if hasattr(session.config, "workerinput") or _CGROUPS not in session.config.stash:
+        return
     from procs import leaked_cgroups, wait_for
 
-    before = leaked_cgroups()
-    yield
+    before = session.config.stash[_CGROUPS]
     try:
         wait_for(lambda: not leaked_cgroups() - before, 10, "the cells' cgroup folders to go")
     except AssertionError:
@@ -43,7 +52,11 @@ def _no_cell_cgroup_left():
                 os.rmdir(folder)
             except OSError:
                 pass
-        pytest.fail(f"a cell's cgroup folder was left behind: {', '.join(left)}")
+        print(f"\nFAILED: a cell's cgroup folder was left behind: {', '.join(left)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_CGROUPS = pytest.StashKey[set]()
 
 
 @pytest.fixture
