@@ -112,13 +112,8 @@ def _kill_cell(dog: subprocess.Popen, cgroup: str | None, known: list) -> None:
     # The watchdog removes its cgroup itself; not if it died first, or was killed before the
     # runner read its first line (then the folder is where it would have made it).
     folder = cgroup or watchdog.cell_cgroup(dog.pid)
-    if folder is not None and os.path.isdir(folder):
-        try:  # whatever the watchdog left in it (a child the runner never saw)
-            with open(os.path.join(folder, "cgroup.kill"), "w") as f:
-                f.write("1")
-        except OSError:
-            pass
-        watchdog.remove_cgroup(folder, KILL_WAIT_S)
+    if folder is not None and os.path.isdir(folder):  # with what the watchdog left in it
+        watchdog.kill_cgroup(folder, KILL_WAIT_S)
     watchdog.sweep(folder)  # and any a watchdog killed from outside left
 
 

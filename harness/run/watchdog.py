@@ -184,13 +184,17 @@ def sweep(folder: str | None) -> None:
         pid = name[len(CELL_PREFIX):] if name.startswith(CELL_PREFIX) else ""
         if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
             continue
-        stale = os.path.join(parent, name)
-        try:
-            with open(os.path.join(stale, "cgroup.kill"), "w") as f:
-                f.write("1")
-        except OSError:
-            pass
-        remove_cgroup(stale, 1.0)
+        kill_cgroup(os.path.join(parent, name), 1.0)
+
+
+def kill_cgroup(folder: str, wait_s: float) -> None:
+    """``cgroup.kill`` whatever is in a cell's cgroup, then remove it."""
+    try:
+        with open(os.path.join(folder, "cgroup.kill"), "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+    remove_cgroup(folder, wait_s)
 
 
 def kill_all(*_: object) -> None:

@@ -93,22 +93,14 @@ def _node_data(dataset: str, sha256: str, holder: list[Any], shared_path: str | 
 JOB_PREFIX = "fwbench-job-"  # a job's node-side folder: JOB_PREFIX + the Ray worker's pid + "-..."
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def _sweep_job_folders() -> None:
     """Remove the job folders of Ray workers that are gone: one killed with its node (the
     raylet died mid-cell) never ran its ``finally``."""
+    import psutil
+
     for folder in Path(tempfile.gettempdir()).glob(f"{JOB_PREFIX}*-*"):
         pid = folder.name[len(JOB_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
