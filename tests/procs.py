@@ -55,9 +55,8 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "the condition"):
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def leaked_cgroups() -> set[str]:
-    """The cells' cgroup folders (``watchdog.cell_cgroup``) whose watchdog is gone: nothing
-    should leave one behind."""
+def _cell_cgroups() -> dict[int, str]:
+    """The cells' cgroup folders (``watchdog.cell_cgroup``) by their watchdog's pid."""
     import glob
     import os
 
@@ -65,10 +64,54 @@ def leaked_cgroups() -> set[str]:
 
     mine = watchdog.cell_cgroup(os.getpid())
     if mine is None:
-        return set()
-    found = set()
-    for folder in glob.glob(os.path.join(os.path.dirname(mine), "fwbench-cell-*")):
-        pid = int(folder.rsplit("-", 1)[1])
-        if not os.path.exists(f"/proc/{pid}"):
-            found.add(folder)
-    return found
+        return {}
+    return {int(folder.rsplit("-", 1)[1]): folder
+            for folder in glob.glob(os.path.join(os.path.dirname(mine), "fwbench-cell-*"))}
+
+
+def cgroups_of(pids) -> set[str]:
+    """The cell cgroup folders still there of the watchdogs ``pids`` (a test's own: with
+    several xdist workers, a test cannot judge the folders of another worker's cells)."""
+    folders = _cell_cgroups()
+    return {folders[pid] for pid in pids if pid in folders}
+
+
+class OwnCgroups:
+    """Notes, while it runs, the watchdogs of the cell cgroup folders that appear whose
+    environment carries ``token`` (polled every 0.02 s; a watchdog lives as long as its cell,
+    and it is this test's when the token is in its environment)."""
+
+    def __init__(self, token: str):
+        import threading
+
+        self.token, self.pids, self._stop = token, set(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        import psutil
+
+        seen: set[int] = set()
+        while not self._stop.wait(0.02):
+            for pid in _cell_cgroups().keys() - seen:
+                seen.add(pid)
+                try:
+                    if psutil.Process(pid).environ().get(TOKEN) == self.token:
+                        self.pids.add(pid)
+                except psutil.Error:
+                    pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def leaked_cgroups() -> set[str]:
+    """The cells' cgroup folders (``watchdog.cell_cgroup``) whose watchdog is gone: nothing
+    should leave one behind."""
+    import os
+
+    return {folder for pid, folder in _cell_cgroups().items() if not os.path.exists(f"/proc/{pid}")}

@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 from fwbench.harness.run import runner
-from procs import TOKEN, is_watchdog, is_worker, kill_tagged, leaked_cgroups, tagged, wait_for as _wait
+from procs import TOKEN, OwnCgroups, cgroups_of, is_watchdog, is_worker, kill_tagged, tagged
+from procs import wait_for as _wait
 
 pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
 
@@ -35,10 +36,10 @@ def ours(tmp_path):
     token = uuid.uuid4().hex
     env = {**os.environ, TOKEN: token, "COLUMNS": "160",
            "PYTHONPATH": os.pathsep.join([str(make_toy_plugin(tmp_path / "toys")), str(TESTS)])}
-    before = leaked_cgroups()
-    yield token, env
-    kill_tagged(token)
-    assert leaked_cgroups() <= before, "a cell's cgroup folder was left behind"
+    with OwnCgroups(token) as own:
+        yield token, env
+        kill_tagged(token)
+    _wait(lambda: not cgroups_of(own.pids), 10, "this test's cells' cgroup folders to go")
 
 
 def _run(run_dir: Path, backends: str, env: dict, preexec_fn=None) -> subprocess.Popen:
