@@ -19,7 +19,8 @@ DEBUG = False
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: bad input is one line on stderr and exit code 2; --debug shows tracebacks."""
+    """Entry point: bad input is one line on stderr and exit code 2; --debug (anywhere on the
+    line) shows tracebacks."""
     global DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in args:
@@ -34,7 +35,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         err.print("aborted")
         code = getattr(exc.__cause__, "exit_code", 130)
     except typer.TyperException as exc:  # typer's usage errors (it vendors click since 0.20)
-        print(f"fwbench: error: {exc.format_message()} (see fwbench --help)", file=sys.stderr)
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "fwbench"
+        print(f"fwbench: error: {exc.format_message()} (see {where} --help)", file=sys.stderr)
         code = 2
     except FwbenchError as exc:
         if DEBUG:

@@ -23,7 +23,12 @@ from fwbench.harness.measure import device as devices
 from fwbench.harness.measure import environment
 from fwbench.harness.run import envs
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain click help (rich_markup_mode=None): help texts keep their brackets (pip install -e
+# ".[ray]"), flags show no value, and it wraps at spaces to the terminal's width.
+# A group without a command prints its help and exits 0 (group_help), as pip does.
+HELP = {"rich_markup_mode": None, "invoke_without_command": True,
+        "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **HELP,
                   help="Train the same models on several deep-learning frameworks and compare them.")
 console = Console()
 err = Console(stderr=True)
@@ -35,6 +40,13 @@ CREATE_ENVS_HELP = "Create the missing envs first (default: refuse, naming the c
 DEVICE_HELP = ("cpu (default) | cuda | cuda:N: one GPU per cell (CUDA_VISIBLE_DEVICES), float32 "
                 "with TF32 off, no preallocation; a backend whose build has no CUDA is "
                 "unsupported, the others run.")
+
+
+def group_help(ctx: typer.Context) -> None:
+    """A command group's callback: without a command, its help (exit 0)."""
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(0)
 
 
 def device_option(value: Optional[str]):

@@ -10,13 +10,14 @@ import typer
 
 from fwbench.harness.adapter import Backend
 from fwbench.harness.catalog.labels import BackendLabel
-from fwbench.harness.cli.common import (ENVS_DIR_HELP, backend_names, create_envs,
-                                        discover_backends, app, console)
+from fwbench.harness.cli.common import (ENVS_DIR_HELP, HELP, backend_names, create_envs,
+                                        discover_backends, group_help, app, console)
 from fwbench.harness.errors import FwbenchError
 from fwbench.harness.run import envs
 
-envs_app = typer.Typer(no_args_is_help=True, help="Per-backend virtual environments (fwbench run --envs isolated).")
+envs_app = typer.Typer(**HELP, help="Per-backend virtual environments (fwbench run --envs isolated).")
 app.add_typer(envs_app, name="envs")
+envs_app.callback()(group_help)
 
 
 @envs_app.command("create")
