@@ -750,3 +750,60 @@ def test_chromium_screenshot_is_not_blank(run, tmp_path):
     # the backend colours of the plots and table swatches are on the page
     present = {c for _, c in colours}
     assert (31, 119, 180) in present and (255, 127, 14) in present  # tab10 blue and orange
+
+
+LAYOUT_PROBE = """<script>
+const wide = [...document.querySelectorAll(".tablewrap")].filter(w => w.scrollWidth > w.clientWidth + 1);
+const loose = wide.filter(w => w.querySelector("table.cells")).flatMap(w =>
+  [...w.querySelectorAll("tr")].flatMap(tr => [...tr.children].slice(0, 2)))
+  .filter(c => getComputedStyle(c).position !== "sticky");
+document.body.setAttribute("data-probe", JSON.stringify({wide: wide.length, loose: loose.length,
+  tables: document.querySelectorAll(".tablewrap").length}));
+</script></body>"""
+
+
+def layout(html: str, width: int, tmp_path) -> dict:
+    """Chromium's own layout of the page at ``width`` px: how many tables are wider than their
+    box (and scroll), and how many first-two-column cells of those do not stay in view."""
+    page = tmp_path / f"layout-{width}.html"
+    page.write_text(html.replace("</body>", LAYOUT_PROBE, 1), encoding="utf-8")
+    r = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={width},2000",
+                        "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    found = re.search(r'data-probe="([^"]*)"', r.stdout)
+    assert found, f"chromium ran no layout probe: {r.stderr[-500:]}"
+    return json.loads(unescape(found.group(1)))
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium: the layout check needs a "
+                    "headless Chromium (apt-get install chromium)")
+@pytest.mark.parametrize("run", [RUN_A, SINGLE, TESTS.parent / "reports"], ids=["run-a", "run-single", "reference"])
+def test_every_column_of_the_html_report_is_visible_on_a_1280_px_page(run, tmp_path):
+    html = render(run)
+    wide = layout(html, 1280, tmp_path)
+    assert wide["tables"] >= 2 and wide["wide"] == 0, wide
+    narrow = layout(html, 760, tmp_path)  # a phone-sized page: the tables scroll, place and
+    assert narrow["wide"] >= 1 and narrow["loose"] == 0, narrow  # backend stay in view
+
+
+def test_the_report_title_says_what_was_run_not_the_folder(tmp_path):
+    shutil.copytree(RUN_A, tmp_path / "reports")
+    html = render(tmp_path / "reports")
+    title = re.search(r"<title>(.*)</title>", html).group(1)
+    a = analysis.analyze(RUN_A)
+    meta = a.meta
+    for word in [*(t.task for t in a.tasks), *a.backends, meta.config.profile,
+                 meta.environment.cpu_model]:
+        assert unescape(word) in unescape(title), (word, title)
+    assert "reports" not in title
+    assert unescape(title) == "fwbench: " + verdict.report_title(a)
+
+
+def test_the_html_report_leaves_matplotlib_s_backend_alone():
+    """Importing the report and drawing it does not switch the caller's plotting backend."""
+    code = ("import matplotlib; matplotlib.use('pdf'); "
+            "from fwbench.harness.report.html import html_report; "
+            f"html_report({str(RUN_A)!r}); print(matplotlib.get_backend())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout.strip()) == (0, "pdf"), r.stderr[-2000:]

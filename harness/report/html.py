@@ -240,7 +240,7 @@ def table_rows(t: TaskResult) -> list[list[dict[str, Any]]]:
             _cell(str(r.position or "–"), r.position),
             _cell(r.backend, cls="backend"),
             _cell(str(r.processes), r.processes),
-            _cell(words.target_text(t, r), r.to_target_s),
+            _cell(words.target_text(t, r), r.to_target_s, cls="num words"),
             _cell(num(r.throughput), r.throughput, words.ci_text(r.throughput_ci, level=r.step_ci_level)),
             _cell(pct(r.accuracy), r.accuracy, words.ci_text(r.accuracy_ci, pct, r.accuracy_ci_level)),
             _cell(num(r.step_p50), r.step_p50, words.ci_text(r.step_ci, level=r.step_ci_level)),
@@ -308,9 +308,7 @@ def _code(text: str) -> Any:
 def html_report(source: str | Path | Run | Analysis) -> str:
     """The whole report as one HTML string (write it anywhere; it fetches nothing). Pass the
     ``Analysis`` when you have it (it is not recomputed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    import matplotlib  # no matplotlib.use: Figure() draws without pyplot's global backend
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     a = as_analysis(source)
@@ -328,4 +326,4 @@ def html_report(source: str | Path | Run | Analysis) -> str:
         meta_lines=words.run_lines(a), facts={t.task: words.task_facts(t) for t in a.tasks},
         sources={b: a.meta.backends[b].source if b in a.meta.backends else "" for b in a.backends},
         cfg=a.meta.config, env=a.meta.environment, method=words.METHOD,
-        pairs_head=words.pairs_head(a))
+        pairs_head=words.pairs_head(a), title=words.report_title(a))

@@ -26,7 +26,7 @@ def markdown_table(rows: list[dict[str, str]]) -> str:
 def markdown_report(source: str | Path | Run | Analysis) -> str:
     """The whole report; pass the ``Analysis`` when you have it (it is not recomputed)."""
     a = as_analysis(source)
-    parts = [f"# fwbench results: {a.name}", ""]
+    parts = [f"# fwbench: {words.report_title(a)}", "", f"Run folder `{a.name}`.", ""]
     parts += [f"- {label}: {value}" for label, value in words.run_lines(a)]
     parts += ["", words.METHOD, ""]
     if a.picks and a.tasks:

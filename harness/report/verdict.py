@@ -478,6 +478,16 @@ def meta_lines(meta: RunMeta, drift: tuple[float, float] | None = None,
     return out
 
 
+def report_title(a: Analysis) -> str:
+    """What was run, where: "mlp, lenet on torch, jax (quick, AMD EPYC, 2 cores)" (the run
+    folder's name says nothing when it is "runs/2026-..." or "reports")."""
+    cfg, env = a.meta.config, a.meta.environment
+    device = "" if cfg.device == "cpu" else f", {cfg.device}"
+    return (f"{', '.join(t.task for t in a.tasks) or 'no tasks'} on "
+            f"{', '.join(a.backends) or 'no backends'} ({cfg.profile}; {env.cpu_model}, "
+            f"{env.logical_cores} cores{device})")
+
+
 def run_lines(a: Analysis) -> list[tuple[str, str]]:
     out = meta_lines(a.meta, a.drift_range, len(a.drift_ms))
     if any(info.env is not None for info in a.meta.backends.values()):  # --envs isolated
