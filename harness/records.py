@@ -22,6 +22,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
+import secrets
 import types
 import typing
 from dataclasses import dataclass, field
@@ -622,6 +624,9 @@ class CellRecord:
                                  factory=StepTimes)
     step_samples_ms: list[float] = _f("up to 256 evenly spaced steady-state step times", "ms",
                                       factory=list)
+    step_trace: list[list[float]] = _f("up to 256 evenly spaced training steps, the first and "
+                                       "last included: [step (1-based, over all epochs), loss, "
+                                       "step time ms]", factory=list)
     throughput_samples_s: float | None = _f("batch size / median steady-state step time",
                                             "samples/s")
     time_to_target_s: float | None = _f("training time until the test accuracy first reached "
@@ -992,9 +997,18 @@ class RunMeta:
     noise_at_start: NoiseAtStart | None = None  # runner._noise_guard: its last look
     drift_probes: list[DriftProbe] = field(default_factory=list)
     stopping: dict[str, Stopping] = field(default_factory=dict)  # "task/backend" -> why
+    run_id: str | None = None  # new_run_id() at the start; None: written before run ids (run_id())
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **to_json(self)}
+
+    def run_id_or_derived(self) -> str:
+        """This run's id: the one it recorded, else (a run from before run ids) one derived
+        from when and where it started and what it ran, the same on every reading."""
+        if self.run_id:
+            return self.run_id
+        core = json.dumps(to_json([self.created, self.config, self.environment]), sort_keys=True)
+        return f"{_compact(self.created)}-{hashlib.sha256(core.encode()).hexdigest()[:8]}"
 
     def task(self, name: str) -> spec.Task | None:
         """The task as this run defined it (None if the run did not snapshot it)."""
@@ -1044,6 +1058,16 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _compact(created: str) -> str:
+    """2026-12-01T16:53:13+00:00 -> 20261201T165313Z (an id's readable head)."""
+    return re.sub(r"[-:]", "", created.split("+")[0]) + "Z"
+
+
+def new_run_id(created: str) -> str:
+    """A run's id: when it started (UTC) and 8 random hex digits, unique across machines."""
+    return f"{_compact(created)}-{secrets.token_hex(4)}"
 
 
 def load_meta(run_dir: Path) -> RunMeta:

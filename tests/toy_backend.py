@@ -124,3 +124,15 @@ class Forker(_Base):
             os._exit(0)
         with open(os.environ["FWBENCH_TEST_SPAWN"], "a") as f:
             f.write(f"{pid}\n")
+
+
+class Counting(_Base):
+    """A loss that falls with each step (1/step): per-step traces show which step is which."""
+
+    def build(self, params):
+        super().build(params)
+        self.steps = 0
+
+    def train_step(self, x, y):
+        self.steps += 1
+        return 1.0 / self.steps

@@ -11,7 +11,7 @@ from rich.markup import escape
 from fwbench.harness import records
 from fwbench.harness.cli.common import csv_items, app, console, err
 from fwbench.harness.errors import FwbenchError
-from fwbench.harness.report import analysis, compare, terminal, verdict
+from fwbench.harness.report import analysis, compare, terminal, tracking, verdict
 from fwbench.harness.report import markdown as report
 
 
@@ -83,17 +83,36 @@ def compare_cmd(
 
 @app.command("export")
 def export_cmd(
-    run_dir: Path = typer.Argument(..., help="A run folder."),
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="One or more run folders: their rows go into one table, told apart by run id."),
     format: str = typer.Option("csv", "--format", help="csv | parquet | json"),
-    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN_DIR/export)."),
-    tensorboard: Optional[Path] = typer.Option(None, help="Also write the per-epoch curves as TensorBoard scalars here."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: RUN_DIR/export for one run; required for several)."),
+    tensorboard: Optional[Path] = typer.Option(None, help="Also write TensorBoard scalars here: loss and step time per training step, and the per-epoch curves."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Also log each run to MLflow: a parent run per fwbench run, a nested run per cell (pip install -e \".[mlflow]\")."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help=f"With --mlflow: the tracking store (default: MLFLOW_TRACKING_URI, else {tracking.DEFAULT_URI} here)."),
+    mlflow_experiment: str = typer.Option(tracking.EXPERIMENT, "--mlflow-experiment", help="With --mlflow: the experiment's name."),
 ) -> None:
-    """The records as tables (cells, epochs), and optionally TensorBoard scalars."""
-    from fwbench.harness.report import export  # pandas: imported by the command that needs it
+    """The records as tables (cells, epochs), and optionally TensorBoard scalars and MLflow runs."""
+    from fwbench.harness.report import export
 
-    run = records.load_run(run_dir)  # read once, refused with one line if not a run folder
-    for path in export.export(run, format, out or run_dir / "export"):
-        console.print(f"wrote {path}")
+    if out is None and len(run_dirs) > 1:
+        raise FwbenchError("several runs go into one table: say where with --out")
+    if (mlflow_uri is not None or mlflow_experiment != tracking.EXPERIMENT) and not mlflow:
+        raise FwbenchError("--mlflow-uri and --mlflow-experiment go with --mlflow")
+    runs = export.load_runs(run_dirs)  # each refused with one line if not a run folder
+    for path in export.export(runs, format, out or run_dirs[0] / "export"):
+        console.print(f"wrote {path}", highlight=False, markup=False, soft_wrap=True)
     if tensorboard is not None:
-        n = export.tensorboard(run, tensorboard)
-        console.print(f"wrote {n} scalars to {tensorboard} (tensorboard --logdir {tensorboard})")
+        n, stepped = export.tensorboard(runs, tensorboard)
+        cells = sum(len(r.records) for r in runs)
+        console.print(f"wrote {n} scalars to {tensorboard}, per training step for {stepped} of "
+                      f"{cells} cells (tensorboard --logdir {tensorboard})",
+                      highlight=False, markup=False, soft_wrap=True)
+    if mlflow:
+        uri = tracking.tracking_uri(mlflow_uri)
+        for run in runs:
+            logged = tracking.log_run(run, uri, mlflow_experiment)
+            what = ("already there" if logged.existed
+                    else f"{logged.cells} cells, {logged.metrics} metric values")
+            console.print(f"mlflow: {logged.run_id} -> run {logged.parent} in {uri} "
+                          f"(experiment {mlflow_experiment}): {what}",
+                          highlight=False, markup=False, soft_wrap=True)

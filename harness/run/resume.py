@@ -32,8 +32,10 @@ def build_meta(config: RunConfig, backends: dict[str, Backend],
     """``run.json`` for a run starting now (before calibration); ``envs``: the env of each
     backend that runs in one."""
     envs = envs or {}
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return RunMeta(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=created,
+        run_id=records.new_run_id(created),
         fwbench_version=environment.fwbench_version(),
         config=config,
         environment=environment.capture(),

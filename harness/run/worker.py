@@ -128,6 +128,7 @@ class _Loop:
     """What the epochs of one cell measure (``_epochs``)."""
 
     step_times: list[float] = field(default_factory=list)  # every step, the first included
+    losses: list[float] = field(default_factory=list)  # every step's loss, over all epochs
     epoch_rows: list[dict[str, Any]] = field(default_factory=list)
     train_wall: float = 0.0
     train_cpu: float = 0.0
@@ -226,6 +227,7 @@ def _epochs(req, task, adapter, arrays, memory, monitor, out) -> _Loop:
             loop.status, loop.error = "diverged", f"loss is {losses[-1]} at epoch {epoch} step {bad}"
         loop.train_wall += time.perf_counter() - wall0
         loop.train_cpu += time.process_time() - cpu0
+        loop.losses += losses
         monitor.train_end()
         loop.train_peak = max(loop.train_peak, memory.peak)
         if loop.status != "ok" or req.timing_only:
@@ -274,6 +276,8 @@ def _summary(task, threads: int, timing_only: bool, loop: _Loop, baseline: int,
             "std": float(np.std(steady)) * 1e3 if steady else None,
         },
         step_samples_ms=[round(v * 1e3, 4) for v in _subsample(steady)],
+        step_trace=[[i + 1, loop.losses[i], round(loop.step_times[i] * 1e3, 4)]
+                    for i in _subsample(range(len(loop.losses)))],
         # One definition everywhere: the batch over the median steady-state step time.
         throughput_samples_s=task.batch_size / p50 if steady else None,
         eval_s=loop.eval_wall if not timing_only else None,
