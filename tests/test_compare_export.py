@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fwbench.harness.report import analysis, compare, tables
+from fwbench.harness.report import analysis, compare, tables, verdict
 from fwbench.harness import records, stats
 
 from run_copies import derived_run
@@ -120,8 +120,9 @@ def test_a_a_compare_passes_the_gate():
         line = row(same.stdout, *key)
         assert verdict_of(same.stdout, *key) == "no change" and re.search(r"\s1\.00x \[", line), line
         assert re.search(r"\s1\.00\s+no change\s*$", line), line  # Holm-adjusted p = 1
-    assert ("verdicts over 4 cells: 4 no significant change (threshold 5%); exact test, Holm: no "
-            "significant difference in any of the 4 tested cells") in same.stdout.replace("\n", " ")
+    assert ("verdicts over 4 cells, after the machine's drift (threshold 5%): 4 no significant "
+            "change; the raw process test (Holm, not corrected for drift) separates none of the 4 "
+            "tested cells") in " ".join(same.stdout.split())
     assert "regression" not in same.stderr and "inconclusive" not in same.stderr
     result = compare.compare(RUN_A, RUN_A, 5)
     assert all(c.verdict == analysis.NO_CHANGE and not c.significant for c in result.changes)
@@ -130,9 +131,12 @@ def test_a_a_compare_passes_the_gate():
 
 @pytest.mark.slow
 def test_a_slower_machine_is_inconclusive_not_a_regression(tmp_path):
-    """Every step and every drift probe of B 1.3x slower: the drift explains the change."""
+    """Every step and every drift probe of B 1.3x slower: the drift explains the change, and
+    nothing says the runs differ but the raw test, named as such (issue 23)."""
     slowed = slowed_machine(tmp_path, RUN_A, 1.3)
     result = compare.compare(RUN_A, slowed, 5)
+    summary = verdict.compare_summary(result)
+    assert "differ significantly" not in summary and "may explain" in summary, summary
     assert result.regressions == [] and result.stats.drift.ratio == pytest.approx(1.3)
     lenet = [c for c in result.changes if c.task == "lenet"]  # quiet cells: tight intervals
     assert all(c.verdict == analysis.INCONCLUSIVE and c.ratio_ci[0] > 1.05 for c in lenet)

@@ -320,3 +320,65 @@ def test_summarize_one_figure_per_process():
     assert s.step_ci == (1.0, pytest.approx(1.07)) and s.step_ci_level == pytest.approx(1 - 2 / 64)
     assert len(s.samples) == 300
     assert stats.pairwise([s]) == []
+
+
+def _summary(task: str, figures: list[float]):
+    from fwbench.harness.report import analysis
+
+    return analysis.StepSummary(task, "b", None, None, None, [], float(np.median(figures)), None,
+                                None, list(figures), None, False, None)
+
+
+def _two_runs(rng, offset: float, slow: dict[str, float], cells: int = 4, n: int = 7,
+              noise: float = 0.03):
+    """Two runs of the same cells on one machine whose speed moved by ``offset`` between them
+    (every process of run B and every drift probe of B scaled by it: one run-level shift),
+    with log-normal process-to-process noise; ``slow`` scales some of B's cells for real."""
+    draw = lambda: np.exp(rng.normal(0, noise, n))  # noqa: E731
+    matched = {}
+    for i in range(cells):
+        task = f"t{i}"
+        base = 1.0 + i
+        matched[(task, "b")] = (_summary(task, list(base * draw())),
+                                _summary(task, list(base * offset * slow.get(task, 1.0) * draw())))
+    return matched, list(draw()), list(offset * draw())
+
+
+def test_two_identical_runs_on_a_drifting_machine_are_never_called_different():
+    """Issue 23: across runs only the drift-aware verdicts may say "differ". Two runs of the
+    same code, the machine 0.85-1.15x between them: no regression or improvement beyond the
+    family's alpha, and the summary never calls the raw test's rejections a difference."""
+    from fwbench.harness.report import analysis, compare, verdict
+
+    rng = np.random.default_rng(23)
+    trials, alarms, raw_rejections = 200, 0, 0
+    for _ in range(trials):
+        matched, pa, pb = _two_runs(rng, rng.uniform(0.85, 1.15), {})
+        changes = analysis.run_changes(matched, pa, pb, 0.0)
+        alarms += any(c.verdict in (analysis.REGRESSION, analysis.IMPROVEMENT)
+                      for c in changes.cells.values())
+        result = compare.Comparison([compare.Change(
+            t, b, None, None, None, c.ratio, None, c.p_value, c.n_a, c.n_b, c.verdict, c.detail,
+            None, None, None, None, None, None, None) for (t, b), c in changes.cells.items()],
+            changes, [], False)
+        text = verdict.compare_summary(result)
+        raw = sum(c.significant for c in result.changes)
+        raw_rejections += raw > 0
+        assert "differ significantly" not in text
+        assert ("may explain" in text) == (raw > 0), text
+    assert raw_rejections > trials / 2  # the raw test alone would have cried wolf
+    assert alarms / trials <= analysis.ALPHA + 0.03, alarms  # the verdicts do not
+
+
+def test_a_real_slowdown_on_a_drifting_machine_is_still_found():
+    """Power of the drift-aware verdict: one cell 1.5x slower for real, the machine 0.9-1.1x."""
+    from fwbench.harness.report import analysis
+
+    rng = np.random.default_rng(24)
+    found = 0
+    for _ in range(100):
+        matched, pa, pb = _two_runs(rng, rng.uniform(0.9, 1.1), {"t1": 1.5})
+        changes = analysis.run_changes(matched, pa, pb, 5.0)
+        found += changes.cells[("t1", "b")].verdict == analysis.REGRESSION
+        assert changes.cells[("t0", "b")].verdict != analysis.REGRESSION
+    assert found >= 80, found
