@@ -162,6 +162,12 @@ class Backend:
     # has no requirements/<name>.txt for it: a plugin pins its framework here (its own
     # distribution is added as it is installed here).
     requirements: tuple[str, ...] = ()
+    # measured tolerances of ``fwbench check`` this backend needs beyond the defaults, each
+    # (task, metric, tolerance, reason): printed with the table like the built-ins' own
+    loosened: tuple[tuple[str, str, float, str], ...] = ()
+    # the module of a hand-written loop of its framework (``make_step(task_name, threads)``,
+    # see benchmarks/idiomatic/README.md): ``fwbench overhead --against idiomatic`` runs it
+    idiomatic: str = ""
 
     def missing(self) -> list[str]:
         out = []

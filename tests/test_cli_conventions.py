@@ -58,6 +58,12 @@ def test_every_command_has_h_and_help_fitting_80_columns_with_flags_as_flags(pat
             assert bool(shown_value) == (not getattr(param, "is_flag", False)), line
 
 
+def test_the_command_lists_are_whole_lines_not_cut_with_dots():
+    for group in ([], ["envs"]):
+        listed = fwbench(*group).stdout.split("Commands:")[1]
+        assert "..." not in listed, listed
+
+
 def test_help_texts_keep_their_brackets():
     r = fwbench("run", "--help")
     assert 'pip install -e ".[ray]"' in " ".join(r.stdout.split())
@@ -127,3 +133,23 @@ def test_the_readme_lists_every_run_option_and_no_other():
     actual = {o for p in run.params for o in p.opts if o.startswith("--")} - {"--help"}
     assert documented == actual, (f"in the CLI, not the README: {sorted(actual - documented)}; "
                                   f"in the README, not the CLI: {sorted(documented - actual)}")
+
+
+def test_the_backend_guide_names_every_method_of_the_adapter_contract():
+    """docs/adding-a-backend.md's method table lists every public method of ``Adapter``
+    (issue 23): a method added to the contract must be documented for plugin authors."""
+    import inspect
+
+    from fwbench.harness.adapter import Adapter
+
+    text = (ROOT / "docs" / "adding-a-backend.md").read_text()
+    table = text[text.index("| method | what it must do |"):]
+    table = table[:table.index("\n\n")]
+    documented = {re.match(r"\| `(\w+)", line).group(1) for line in table.splitlines()[2:]}
+    contract = {name for name, _ in inspect.getmembers(Adapter)
+                if not name.startswith("_") and name != "layer_rules"} | {"__init__"}
+    assert documented == contract, (sorted(contract - documented), sorted(documented - contract))
+    required = {m for m in Adapter.__abstractmethods__}
+    for line in table.splitlines()[2:]:
+        name = re.match(r"\| `(\w+)", line).group(1)
+        assert ("*required*" in line) == (name in required), line

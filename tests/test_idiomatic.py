@@ -234,3 +234,40 @@ def test_cli_sweep_torch_mlp(tmp_path):
         [("adapter", "ok", 5), ("loop", "ok", 5)]
     (row,) = doc["rows"]
     assert row["ratio"] > 0 and row["ratio_ci"] is None  # 1 round: no CI
+
+
+def test_a_plugin_declares_its_own_reference_loop(monkeypatch):
+    """``Backend(idiomatic=MODULE)``: a plugin's hand-written loop, found as its family's."""
+    import dataclasses
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "plugin"))
+    from fwbench_numpy_toy import BACKEND
+
+    variant = dataclasses.replace(BACKEND, name="numpy-toy-fast", options={"fast": True})
+    known = {"numpy-toy": BACKEND, "numpy-toy-fast": variant}
+    assert idiomatic.family("numpy-toy", known) == "numpy-toy"
+    assert idiomatic.family("numpy-toy-fast", known) == "numpy-toy"
+    assert idiomatic.family("numpy-toy") is None  # without the backends, only the built-ins
+    assert idiomatic.loop_path("numpy-toy", known).name == "fwbench_numpy_toy_loop.py"
+    assert idiomatic.variants_of("numpy-toy", known) == ["numpy-toy-fast"]
+    gone = {"numpy-toy": dataclasses.replace(BACKEND, idiomatic="no_such_loop_module")}
+    with pytest.raises(Exception, match="is not importable here"):
+        idiomatic.loop_path("numpy-toy", gone)
+
+
+@pytest.mark.slow
+def test_overhead_against_idiomatic_covers_a_plugin():
+    """As a user runs it: the plugin's adapter against its own loop, a ratio in the table."""
+    plugin = Path(__file__).parent / "plugin"
+    code = ("import sys, fwbench.harness.catalog.backends as b, fwbench_numpy_toy as t\n"
+            "b.discover = lambda warn=None: {t.BACKEND.name: t.BACKEND}\n"
+            "from fwbench.harness.cli import main\n"
+            "main(sys.argv[1:])\n")
+    r = subprocess.run([sys.executable, "-c", code, "overhead", "--against", "idiomatic",
+                        "--backends", "numpy-toy", "--tasks", "mlp", "--rounds", "3",
+                        "--steps", "20", "--threads", "1"],
+                       env={**os.environ, "COLUMNS": "100", "PYTHONPATH": str(plugin)},
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # the target table: the adapter against the faster of its loop and variants (the loop here)
+    assert re.search(r"^\s*mlp\s+\d+\.\d\d\*? loop\s*$", r.stdout, re.M), r.stdout

@@ -23,6 +23,7 @@ Nothing here imports a framework; the loops are imported inside worker processes
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -66,21 +67,40 @@ def loops_dir() -> Path:
     return Path(os.environ.get(LOOPS_ENV) or LOOPS_DIR)
 
 
-def family(backend: str) -> str | None:
-    """The framework family of a backend name (``torch-compile#2`` -> ``torch``), if any."""
+def _plugin_loops(known: Mapping[str, Any] | None) -> dict[str, str]:
+    """family -> module of its reference loop, for the backends that declare one
+    (``Backend.idiomatic``: a plugin's own; a base backend, not a variant)."""
+    return {n: b.idiomatic for n, b in (known or {}).items()
+            if getattr(b, "idiomatic", "") and not b.options and n not in LOOP_FILES}
+
+
+def family(backend: str, known: Mapping[str, Any] | None = None) -> str | None:
+    """The framework family of a backend name (``torch-compile#2`` -> ``torch``), if any: a
+    built-in loop's, or (with ``known``) a plugin backend's that declares its own loop."""
     base = labels.uncopied(backend)
-    for fam in LOOP_FILES:
+    for fam in [*LOOP_FILES, *_plugin_loops(known)]:
         if base == fam or base.startswith(fam + "-"):
             return fam
     return None
 
 
-def loop_path(backend: str) -> Path:
+def loop_path(backend: str, known: Mapping[str, Any] | None = None) -> Path:
     """The reference loop of ``backend``'s framework; FwbenchError if it has none."""
-    fam = family(backend)
+    fam = family(backend, known)
     if fam is None:
         raise FwbenchError(f"backend {backend!r} has no idiomatic reference loop "
-                           f"(there are loops for {', '.join(LOOP_FILES)})")
+                           f"(there are loops for {', '.join(LOOP_FILES)}; a plugin declares "
+                           "its own with Backend(idiomatic=MODULE))")
+    plugin = _plugin_loops(known).get(fam)
+    if plugin is not None:
+        try:
+            found = importlib.util.find_spec(plugin)
+        except (ImportError, ValueError):
+            found = None
+        if found is None or not found.origin:
+            raise FwbenchError(f"backend {fam!r}: its reference loop module {plugin!r} is not "
+                               "importable here")
+        return Path(found.origin)
     path = loops_dir() / LOOP_FILES[fam]
     if not path.is_file():
         raise FwbenchError(f"reference loop {path} not found (the loops live in the source tree's "
@@ -92,14 +112,15 @@ def variants_of(backend: str, known: Mapping[str, Any]) -> list[str]:
     """The other installed backends of ``backend``'s family that compute the same function:
     the variants of a base backend (the backends registered on its adapter class, with
     options); for a variant, the base and the other variants."""
-    fam = family(backend)
+    fam = family(backend, known)
     if fam is None:
         return []
     if fam not in known:
         return []
     base = labels.uncopied(backend)
     # the registered backends on the family's adapter class (variants pass it options)
-    same = [n for n, b in known.items() if b.adapter == known[fam].adapter and family(n) == fam
+    same = [n for n, b in known.items() if b.adapter == known[fam].adapter
+            and family(n, known) == fam
             and labels.BackendLabel.parse(n).name == labels.base(n)]
     return [c for c in same if c != base and known[c].installed]
 
@@ -187,7 +208,7 @@ def run(jobs: Sequence[Job], known: Mapping[str, Any], *, threads: int, cpus: li
         for i, job in enumerate(jobs):
             if on_job is not None:
                 on_job(i, job)
-            loop = str(loop_path(job.column)) if job.kind == "idiomatic" else ""
+            loop = str(loop_path(job.column, known)) if job.kind == "idiomatic" else ""
             request = records.IdiomaticRequest(
                 threads, list(cpus), runner.backend_spec(known[job.backend]),
                 task=records.task_to_json(task_registry.get(job.task)),
@@ -420,11 +441,11 @@ def command(console, tasks: Sequence[str], backends: Sequence[str], known: Mappi
         raise FwbenchError(f"--profile {profile!r}: choose from {', '.join(PROFILES)}")
     if not 1 <= threads <= len(cpus) or steps < 1 or rounds < 1:
         raise FwbenchError(f"need 1 <= --threads <= {len(cpus)}, --steps >= 1, --rounds >= 1")
-    columns = list(backends) if explicit else [b for b in backends if family(b) is not None]
+    columns = list(backends) if explicit else [b for b in backends if family(b, known) is not None]
     if not columns:
         raise FwbenchError(f"no installed backend has a reference loop ({', '.join(LOOP_FILES)})")
     for b in columns:
-        loop_path(b)  # FwbenchError now, not once per process
+        loop_path(b, known)  # FwbenchError now, not once per process
     extra = {b: variants_of(b, known) for b in columns} if variants else {}
     paths = {t: task_registry.prepare(task_registry.get(t), profile, data_dir) for t in tasks}
     jobs = plan(tasks, columns, rounds, extra)

@@ -45,8 +45,10 @@ from fwbench.harness.run import runner
 from fwbench.harness.run.supervise import run_worker
 from fwbench.harness.catalog import tasks as task_registry
 from fwbench.harness.adapter import Backend
+from fwbench.harness.errors import FwbenchError
 
 REFERENCE_BACKEND = "torch"
+NOT_CHECKED = "gradients not checked"  # the breach of a row without its ground truth
 REFERENCE = "torch float64"  # the probe that gradients and 3-step moves are compared with
 TOLERANCES = {
     "init": 0.0,  # canonical -> framework -> canonical must be exact
@@ -86,6 +88,9 @@ class Row:
     # the adapter declares a layer of the task unsupported (one line); nothing was compared,
     # and it is no failure (``ok``): the table says so
     unsupported: str | None = None
+    # why the gradients were not compared (no ground truth for this task); a breach, unless
+    # the caller accepted a forward-only check (``fwbench check --forward-only``)
+    forward_only: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -120,15 +125,35 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm((a - b).ravel()) / max(float(np.linalg.norm(b.ravel())), 1e-30))
 
 
-def tolerance(task: spec.Task, backend: str, metric: str) -> float:
-    if (task.name, backend, metric) in LOOSENED:
-        return LOOSENED[(task.name, backend, metric)][0]
+Loosened = dict[tuple[str, str, str], tuple[float, str]]  # (task, backend, metric) -> (tol, why)
+
+
+def loosened(backends: dict[str, Backend], names: list[str]) -> Loosened:
+    """The loosened tolerances in force for ``names``: the built-ins' (``LOOSENED``) and each
+    backend's own (``Backend.loosened``: a plugin's measured ones, with their reasons)."""
+    out = dict(LOOSENED)
+    for name in names:
+        for task, metric, tol, why in backends[name].loosened:
+            if metric not in TOLERANCES or not str(why).strip():
+                raise FwbenchError(f"backend {name!r}: a loosened tolerance needs one of "
+                                   f"{', '.join(TOLERANCES)} and its reason, not {metric!r}, {why!r}")
+            out[(task, name, metric)] = (float(tol), str(why))
+    return out
+
+
+def tolerance(task: spec.Task, backend: str, metric: str, loose: Loosened | None = None) -> float:
+    loose = LOOSENED if loose is None else loose
+    if (task.name, backend, metric) in loose:
+        return loose[(task.name, backend, metric)][0]
     tol = TOLERANCES[metric]
     return tol[type(task.optimizer).__name__] if isinstance(tol, dict) else tol
 
 
 def compare(task: spec.Task, backend: str, probe: dict[str, np.ndarray],
-            ref: dict[str, np.ndarray] | None, batches: dict[str, np.ndarray], seed: int) -> Row:
+            ref: dict[str, np.ndarray] | None, batches: dict[str, np.ndarray], seed: int,
+            no_ref: str = "", forward_only_ok: bool = False, loose: Loosened | None = None) -> Row:
+    """One backend's row; without ``ref`` (``no_ref`` says why) the gradients are not
+    compared, which fails the row unless ``forward_only_ok``."""
     params = spec.init_params(task, seed)
     row = Row(task.name, backend)
     row.init = max(float(np.abs(probe[f"init/{k}"] - v).max()) for k, v in params.items())
@@ -149,8 +174,13 @@ def compare(task: spec.Task, backend: str, probe: dict[str, np.ndarray],
     row.worst += f"{', ' if row.worst else ''}params {max(moves, key=moves.get)}"
     for metric in ("init", "logits_abs", "loss_rel", "grad_rel", "params_rel"):
         value = getattr(row, metric)
-        if value is not None and not value <= tolerance(task, backend, metric):
-            row.breaches.append(f"{metric} {value:.2e} > {tolerance(task, backend, metric):.0e}")
+        limit = tolerance(task, backend, metric, loose)
+        if value is not None and not value <= limit:
+            row.breaches.append(f"{metric} {value:.2e} > {limit:.0e}")
+    if ref is None:
+        row.forward_only = no_ref or f"no {REFERENCE} probe"
+        if not forward_only_ok:
+            row.breaches.append(NOT_CHECKED)
     return row
 
 
@@ -220,26 +250,35 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
 def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
           threads: int = 1, timeout_s: float = 900.0,
           on_status: Callable[[str], None] = lambda s: None,
-          pythons: dict[str, str] | None = None, device: str = "cpu") -> list[Row]:
+          pythons: dict[str, str] | None = None, device: str = "cpu",
+          forward_only_ok: bool = False) -> list[Row]:
     """Probe every backend in ``names`` (each in its own process, with its interpreter in
-    ``pythons``, if any) and compare."""
+    ``pythons``, if any) and compare. Without the ground truth of the gradients (torch in
+    float64) a row fails, saying why, unless ``forward_only_ok``."""
     order, pythons = list(names), dict(pythons or {})
+    loose = loosened(backends, names)
     base = backends.get(REFERENCE_BACKEND)
+    no_ref = ""
     if base is not None and (not base.missing() or REFERENCE_BACKEND in pythons):
         backends = {**backends, REFERENCE: dataclasses.replace(
             base, name=REFERENCE, options={**base.options, "float64": True})}
-        order.insert(0, REFERENCE)  # else: a forward-only comparison
+        order.insert(0, REFERENCE)
         if REFERENCE_BACKEND in pythons:
             pythons[REFERENCE] = pythons[REFERENCE_BACKEND]
+    else:
+        no_ref = (f"the ground truth ({REFERENCE}) needs {REFERENCE_BACKEND}, which is "
+                  + ("neither installed here nor has an env" if pythons else "not installed here"))
     batches, probes, errors = run_probes(backends, order, tasks, seed, threads, timeout_s, on_status,
                                          pythons, device)
     rows: list[Row] = []
     for t in tasks:
-        if REFERENCE in errors:  # shown: the rows below are then forward-only comparisons
+        why = no_ref
+        if REFERENCE in errors:  # shown: the rows below then have no ground truth
             rows.append(Row(t, REFERENCE, error=errors[REFERENCE]))
+            why = f"the ground truth ({REFERENCE}) failed"
         ref = probes.get(REFERENCE, {}).get(t)
         if ref is not None and "unsupported" in ref:
-            ref = None  # forward-only comparison for this task
+            ref, why = None, f"the ground truth ({REFERENCE}) cannot run {t}"
         for name in names:
             if name in errors:
                 rows.append(Row(t, name, error=errors[name]))
@@ -247,5 +286,6 @@ def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed
             if "unsupported" in probes[name][t]:
                 rows.append(Row(t, name, unsupported=str(probes[name][t]["unsupported"])))
                 continue
-            rows.append(compare(task_registry.get(t), name, probes[name][t], ref, batches[t], seed))
+            rows.append(compare(task_registry.get(t), name, probes[name][t], ref, batches[t], seed,
+                                why, forward_only_ok, loose))
     return rows

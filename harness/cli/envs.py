@@ -16,11 +16,11 @@ from fwbench.harness.errors import FwbenchError
 from fwbench.harness.run import envs
 
 envs_app = typer.Typer(**HELP, help="Per-backend virtual environments (fwbench run --envs isolated).")
-app.add_typer(envs_app, name="envs")
+app.add_typer(envs_app, name="envs", short_help="Per-backend virtual environments: create, list, remove.")
 envs_app.callback()(group_help)
 
 
-@envs_app.command("create")
+@envs_app.command("create", short_help="Create each backend's env (venv, its requirements, fwbench).")
 def envs_create_cmd(
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends, NAME or NAME==VERSION (default: the five base backends)."),
     envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=ENVS_DIR_HELP),
@@ -46,7 +46,7 @@ def _env_status(env, known: dict[str, Backend]) -> str:
     return "current" if rs.key == env.key else "stale"
 
 
-@envs_app.command("list")
+@envs_app.command("list", short_help="The envs: status, packages, size, creation, path.")
 def envs_list_cmd(
     envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=ENVS_DIR_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -65,7 +65,7 @@ def _table(title: str, columns: dict[str, str]) -> Table:
     return t
 
 
-@app.command("list")
+@app.command("list", short_help="Tasks, profiles and backends (versions, sources).")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Tasks, profiles and backends (with installed versions and where each comes from)."""
     task_names(None)  # the plugins' warnings
@@ -105,7 +105,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
                   highlight=False)
 
 
-@app.command("env")
+@app.command("env", short_help="The machine and software fwbench sees; its fingerprint.")
 def env_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """The machine and software fwbench sees, and its hardware fingerprint."""
     info = {**records.to_json(environment.capture()),

@@ -15,7 +15,7 @@ from fwbench.harness.report import analysis, compare, terminal, tracking, verdic
 from fwbench.harness.report import markdown as report
 
 
-@app.command("report")
+@app.command("report", short_help="Markdown and HTML reports of a run folder.")
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder (holds results.jsonl)."),
     format: str = typer.Option("md,html", "--format", help="Comma-separated: md, html."),
@@ -47,7 +47,7 @@ def report_cmd(
         console.print(f"written: {target}", style="dim")
 
 
-@app.command("compare")
+@app.command("compare", short_help="Run B against run A, cell by cell, after the drift.")
 def compare_cmd(
     run_a: Path = typer.Argument(..., help="The baseline run folder."),
     run_b: Path = typer.Argument(..., help="The run folder to compare with it."),
@@ -81,7 +81,7 @@ def compare_cmd(
         raise typer.Exit(1)
 
 
-@app.command("export")
+@app.command("export", short_help="Tables (CSV, Parquet, JSON), TensorBoard, MLflow.")
 def export_cmd(
     run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR", help="One or more run folders: their rows go into one table, told apart by run id."),
     format: str = typer.Option("csv", "--format", help="csv | parquet | json"),

@@ -29,7 +29,7 @@ _EXECUTOR_HELP = ("local (default): the cells one after another on this machine 
                   "docs/cluster.md).")
 
 
-@app.command("run")
+@app.command("run", short_help="Train every (task, backend, seed) cell in its own process.")
 def run_cmd(
     tasks: Optional[str] = typer.Option(None, help="Comma-separated tasks (default: all)."),
     backends: Optional[str] = typer.Option(None, help="Comma-separated backends (default: every installed base backend)."),

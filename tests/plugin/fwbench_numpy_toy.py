@@ -15,6 +15,7 @@ BACKEND = Backend(
     adapter="fwbench_numpy_toy:NumpyAdapter",
     requires=("numpy",),
     description="toy: NumPy dense layers, hand-written backward pass",
+    idiomatic="fwbench_numpy_toy_loop",  # its hand-written loop: fwbench overhead --against idiomatic
 )
 
 
