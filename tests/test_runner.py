@@ -116,13 +116,15 @@ def test_repeats_are_timing_only_with_a_drift_probe_per_round_and_noise_per_cell
 def test_adaptive_repeats_stop_at_the_ci_or_the_cap(tmp_path, toy_env):
     """--until-ci: the toy 'slow' cell (0.1 s sleeps: very stable) stops once its CI is
     narrow, which the exact order-statistic CI allows from 6 processes; a 0.001% target
-    is never met, so the cap stops it."""
-    cfg = runner.RunConfig(("mlp",), ("slow",), "smoke", (0,), 1, 60.0, timing_steps=4,
-                           until_ci_pct=5.0, max_processes=8)
+    is never met, so the cap stops it. The target is 25% and each process's figure the median
+    of 7 steady steps: on a loaded machine (load 6.7 on 2 cores) a 5% target over 3 steps was
+    missed once, the wake-ups of a sleep delayed by more than 5 ms."""
+    cfg = runner.RunConfig(("mlp",), ("slow",), "smoke", (0,), 1, 60.0, timing_steps=8,
+                           until_ci_pct=25.0, max_processes=8)
     runner.run(cfg, tmp_path / "a", toy_env)
     meta = records.load_meta(tmp_path / "a")
     assert meta.stopping["mlp/slow"].processes == 6
-    assert "within +-5%" in meta.stopping["mlp/slow"].reason
+    assert "within +-25%" in meta.stopping["mlp/slow"].reason
     cfg = dataclasses.replace(cfg, until_ci_pct=0.00001, max_processes=7)
     runner.run(cfg, tmp_path / "b", toy_env)
     meta = records.load_meta(tmp_path / "b")
