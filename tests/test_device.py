@@ -352,7 +352,7 @@ def test_report_shows_energy_next_to_time_and_the_gpu(gpu_run):
     assert "cpuonly" in text and "this adapter has no GPU support" in text
     page = html_report.html_report(gpu_run)
     assert "<th class=\"num\" title=\"energy per training sample" in page
-    section = page[page.index("<table class=\"sortable\">"):]
+    section = page[page.index("<table class=\"sortable cells\">"):]  # the task's table
     section = section[: section.index("</table>")]
     first_row = section[section.index("<tr", section.index("<tbody>")):section.index("</tr>", section.index("<tbody>"))]
     assert section.count("</th>") == first_row.count("</td>") == 16  # every column has its cell

@@ -222,9 +222,10 @@ def _at(text: str) -> float:
 def _report_shape(run_dir: Path) -> list[str]:
     """The structure of a Markdown report: headings, run-line labels, table headers."""
     lines = report.markdown_report(run_dir).splitlines()
-    head = lines[2:lines.index("", 2)]  # the run's lines: "- label: value"
+    start = next(i for i, x in enumerate(lines) if x.startswith("- "))
+    head = lines[start:lines.index("", start)]  # the run's lines: "- label: value"
     shape = [x.split(":")[0] for x in head]
-    shape += [x for x in lines if x.startswith("##")]  # not the title: the folder name
+    shape += [x for x in lines if x.startswith("##")]  # not the title, nor the folder line
     shape += [lines[i - 1] for i, x in enumerate(lines) if x.startswith("|---")]
     return shape
 
