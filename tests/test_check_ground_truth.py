@@ -72,3 +72,14 @@ def test_a_plugin_declares_its_own_tolerances_with_their_reasons(toy):
     for bad in (("mlp", "speed", 1.0, "why"), ("mlp", "grad_rel", 1e-3, " ")):
         with pytest.raises(Exception, match="needs one of"):
             parity.loosened({name: dataclasses.replace(backend, loosened=(bad,))}, [name])
+
+
+def test_an_a_a_copy_has_its_backend_s_loosened_tolerances():
+    """``torch#2`` runs torch's kernels: cnn's measured gradient tolerance is torch's."""
+    from fwbench.harness import spec
+
+    cnn = spec.TASKS["cnn"]
+    for name in ("torch", "torch#2", "tensorflow#3"):
+        assert parity.tolerance(cnn, name, "grad_rel") == 3e-3, name
+    assert parity.tolerance(cnn, "jax#2", "grad_rel") == parity.TOLERANCES["grad_rel"]
+    assert parity.tolerance(spec.TASKS["mlp"], "torch#2", "grad_rel") == parity.TOLERANCES["grad_rel"]

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fwbench.harness import records
 from fwbench.harness.adapter import Backend
+from fwbench.harness.catalog import labels
 from fwbench.harness.check import idiomatic, overhead, parity
 from fwbench.harness.cli.common import (CREATE_ENVS_HELP, DEVICE_HELP, ENVS_DIR_HELP, ENVS_HELP,
                                         all_task_names, device_option, discover_backends, print_envs,
@@ -216,7 +217,7 @@ def _print_check_notes(rows: list[parity.Row], loose: parity.Loosened) -> None:
                   f"jittered by <= {parity.JITTER:g} (no max-pool ties).", style="dim")
     console.print("tolerances: init exact; logits abs <= 1e-4, loss rel <= 1e-5, gradients "
                   "<= 1e-4, 3-step moves <= 1e-4 (SGD) / 1e-3 (RMSprop, Adam).", style="dim")
-    shown = {(r.task, r.backend) for r in rows if not (r.error or r.unsupported)}
+    shown = {(r.task, labels.uncopied(r.backend)) for r in rows if not (r.error or r.unsupported)}
     loosened: dict[tuple[str, str, float, str], list[str]] = {}
     for (task, backend, metric), (tol, why) in loose.items():
         if (task, backend) in shown:
