@@ -997,7 +997,7 @@ class RunMeta:
     noise_at_start: NoiseAtStart | None = None  # runner._noise_guard: its last look
     drift_probes: list[DriftProbe] = field(default_factory=list)
     stopping: dict[str, Stopping] = field(default_factory=dict)  # "task/backend" -> why
-    run_id: str | None = None  # new_run_id() at the start; None: written before run ids (run_id())
+    run_id: str | None = None  # new_run_id() at the start; None: written before run ids
 
     def to_json(self) -> dict[str, Any]:
         return {"schema": SCHEMA, **to_json(self)}

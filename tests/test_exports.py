@@ -122,15 +122,22 @@ def test_mlflow_gets_a_parent_per_run_and_a_nested_run_per_cell(fresh_run, tmp_p
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    fresh = records.load_run(fresh_run)
+    # an export of the fresh run that was interrupted: its parent (no completion mark), one cell
+    exp_id = client.create_experiment("fwbench", artifact_location=str(tmp_path / "mlruns"))
+    cut = client.create_run(exp_id, tags={"fwbench.run_id": fresh.meta.run_id, "fwbench.kind": "run"})
+    client.create_run(exp_id, tags={"fwbench.run_id": fresh.meta.run_id,
+                                    "mlflow.parentRunId": cut.info.run_id})
     r = fwbench("export", RUN_A, fresh_run, "--out", tmp_path / "t", "--mlflow", "--mlflow-uri", uri,
                 cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "INFO" not in r.stderr, r.stderr  # MLflow's own chatter stays out
-    client = MlflowClient(uri)
     (exp,) = [e for e in client.search_experiments() if e.name == "fwbench"]
     every = client.search_runs([exp.experiment_id], max_results=1000)
     parents = {x.data.tags["fwbench.run_id"]: x for x in every if x.data.tags.get("fwbench.kind") == "run"}
-    fresh = records.load_run(fresh_run)
+    assert cut.info.run_id not in {x.info.run_id for x in every}  # the part was replaced
+    assert all(p.data.tags.get("fwbench.complete") == "true" for p in parents.values())
     a = records.load_run(RUN_A)
     assert set(parents) == {fresh.meta.run_id, a.meta.run_id_or_derived()}
     for run in (a, fresh):

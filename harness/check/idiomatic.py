@@ -71,7 +71,7 @@ def _plugin_loops(known: Mapping[str, Any] | None) -> dict[str, str]:
     """family -> module of its reference loop, for the backends that declare one
     (``Backend.idiomatic``: a plugin's own; a base backend, not a variant)."""
     return {n: b.idiomatic for n, b in (known or {}).items()
-            if getattr(b, "idiomatic", "") and not b.options and n not in LOOP_FILES}
+            if b.idiomatic and not b.options and n not in LOOP_FILES}
 
 
 def family(backend: str, known: Mapping[str, Any] | None = None) -> str | None:

@@ -28,8 +28,7 @@ from fwbench.harness.run import envs
 # A group without a command prints its help and exits 0 (group_help), as pip does.
 HELP = {"rich_markup_mode": None, "invoke_without_command": True,
         "context_settings": {"help_option_names": ["-h", "--help"]}}
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **HELP,
-                  help="Train the same models on several deep-learning frameworks and compare them.")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, **HELP)  # help: info.root
 console = Console()
 err = Console(stderr=True)
 ENVS_HELP = ("current (default): every worker in this interpreter | isolated: each backend's "

@@ -48,6 +48,12 @@ def keys(run: Run, r: CellRecord) -> dict[str, Any]:
             "started": r.started}
 
 
+def cell_row(run: Run, r: CellRecord) -> dict[str, Any]:
+    """One cell's row of ``cells``: its keys and its figures (``CELL_COLUMNS``)."""
+    return {**keys(run, r), **{k: getattr(r, k) for k in _FROM_RECORD},
+            "step_p50_ms": r.step_time_ms.p50, "step_p90_ms": r.step_time_ms.p90}
+
+
 def load_results(*sources: str | Path | Run) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cells, epochs) of one run or several, concatenated: one row per cell, and one row per
     (cell, epoch). The same run twice is refused (its rows would count double)."""
@@ -62,9 +68,9 @@ def load_results(*sources: str | Path | Run) -> tuple[pd.DataFrame, pd.DataFrame
                                "export each run once")
         seen[run_id] = run.path
         for r in run.records:
-            key = keys(run, r)
-            rows.append({**key, **{k: getattr(r, k) for k in _FROM_RECORD},
-                         "step_p50_ms": r.step_time_ms.p50, "step_p90_ms": r.step_time_ms.p90})
+            row = cell_row(run, r)
+            rows.append(row)
+            key = {k: row[k] for k in KEY_COLUMNS}
             epoch_rows += [{**key, "epoch": e.epoch, "train_loss": e.train_loss,
                             "test_loss": e.test_loss, "test_accuracy": e.test_accuracy,
                             "wall_s": e.wall_s} for e in r.epochs]

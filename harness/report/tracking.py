@@ -21,22 +21,20 @@ from fwbench.harness import records
 from fwbench.harness.errors import FwbenchError
 from fwbench.harness.records import CellRecord, Run
 from fwbench.harness.report.export import cell_name
-from fwbench.harness.report.tables import keys
+from fwbench.harness.report.tables import cell_row
 
 # MLflow's own default since 3.7 (its file store ./mlruns now refuses to open unless
 # MLFLOW_ALLOW_FILE_STORE=true); artifacts then go to ./mlruns beside it
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT = "fwbench"
 RUN_TAG = "fwbench.run_id"
-# a cell's final figures: metric name -> how to read it from the record
-CELL_METRICS = {
-    "step_p50_ms": lambda r: r.step_time_ms.p50, "step_p90_ms": lambda r: r.step_time_ms.p90,
-    "throughput_samples_s": lambda r: r.throughput_samples_s,
-    "test_accuracy": lambda r: r.test_accuracy, "train_time_s": lambda r: r.train_time_s,
-    "time_to_target_s": lambda r: r.time_to_target_s, "first_step_s": lambda r: r.first_step_s,
-    "peak_rss_mib": lambda r: r.peak_rss_mib, "energy_j": lambda r: r.energy_j,
-    "energy_j_per_sample": lambda r: r.energy_j_per_sample, "wall_s": lambda r: r.wall_s,
-}
+# a cell's final figures and what says what ran: columns of its export row (tables.cell_row)
+METRICS = ("step_p50_ms", "step_p90_ms", "throughput_samples_s", "test_accuracy", "train_time_s",
+           "time_to_target_s", "first_step_s", "peak_rss_mib", "energy_j", "energy_j_per_sample",
+           "wall_s")
+PARAMS = ("task", "backend", "framework", "framework_version", "seed", "repeat", "device", "env",
+          "env_key", "threads", "profile", "status")
+COMPLETE = "fwbench.complete"  # set on the parent once every cell and artifact is logged
 # an fwbench status -> the MLflow run status it ends with
 STATUS = {"ok": "FINISHED", "timeout": "KILLED", "killed": "KILLED", "lost": "KILLED"}
 
@@ -87,12 +85,11 @@ def _tags(items: dict[str, Any]):
     return [RunTag(k, str(v)) for k, v in items.items() if v is not None]
 
 
-def _metrics(r: CellRecord, now: int):
+def _metrics(r: CellRecord, row: dict[str, Any], now: int):
     """The cell's final figures, then per epoch and (where recorded) per training step."""
     from mlflow.entities import Metric
 
-    out = [Metric(k, float(v), now, 0) for k, read in CELL_METRICS.items()
-           if (v := read(r)) is not None]
+    out = [Metric(k, float(row[k]), now, 0) for k in METRICS if row[k] is not None]
     for e in r.epochs:
         out += [Metric(f"epoch_{k}", float(v), now, int(e.epoch))
                 for k in ("train_loss", "test_loss", "test_accuracy")
@@ -104,17 +101,14 @@ def _metrics(r: CellRecord, now: int):
 
 
 def _log_cell(client, experiment: str, parent: str, run: Run, r: CellRecord) -> int:
-    key = keys(run, r)
+    row = cell_row(run, r)
     child = client.create_run(experiment, run_name=cell_name(r), start_time=_ms(r.started),
-                              tags={"mlflow.parentRunId": parent, RUN_TAG: key["run_id"]})
+                              tags={"mlflow.parentRunId": parent, RUN_TAG: row["run_id"]})
     cid = child.info.run_id
-    metrics = _metrics(r, _ms(r.ended) or _ms(r.started) or 0)
-    params = _params({k: key[k] for k in ("task", "backend", "framework", "framework_version",
-                                          "seed", "repeat", "device", "env", "env_key")}
-                     | {"threads": r.threads, "profile": r.profile, "status": r.status})
-    tags = _tags({"hardware_id": key["hardware_id"], "node": r.node, "python": r.python,
-                  "fwbench_version": key["fwbench_version"], "fwbench.status": r.status,
-                  "fwbench.error": r.error})
+    metrics = _metrics(r, row, _ms(r.ended) or _ms(r.started) or 0)
+    params = _params({k: row[k] for k in PARAMS})
+    tags = _tags({"hardware_id": row["hardware_id"], "node": r.node, "python": r.python,
+                  "fwbench_version": row["fwbench_version"], "fwbench.error": r.error})
     client.log_batch(cid, params=params, tags=tags)
     for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
         client.log_batch(cid, metrics=metrics[i:i + 1000])
@@ -123,7 +117,7 @@ def _log_cell(client, experiment: str, parent: str, run: Run, r: CellRecord) -> 
 
 
 def _artifacts(client, parent: str, run: Run) -> None:
-    """results.jsonl, run.json and report.html (rendered now if the folder has none)."""
+    """results.jsonl, run.json, report.html (rendered now if the folder has none), report.md."""
     for name in (records.RESULTS, records.RUN_JSON, "report.html", "report.md"):
         if (run.path / name).is_file():
             client.log_artifact(parent, str(run.path / name))
@@ -138,15 +132,18 @@ def _artifacts(client, parent: str, run: Run) -> None:
 
 def log_run(run: Run, uri: str, experiment_name: str = EXPERIMENT) -> Logged:
     """One fwbench run into the MLflow store at ``uri``: a parent run and a nested run per
-    cell. A run already logged there (same fwbench run id) is left as it is."""
+    cell. A run already logged there whole (same fwbench run id) is left as it is; one logged
+    in part (the export was interrupted) is deleted and logged again."""
     client = _client(uri)
     found = client.get_experiment_by_name(experiment_name)
     experiment = found.experiment_id if found else client.create_experiment(experiment_name)
     run_id = run.meta.run_id_or_derived()
-    existing = client.search_runs([experiment], f"tags.`{RUN_TAG}` = '{run_id}' and "
-                                  "tags.`fwbench.kind` = 'run'", max_results=1)
-    if existing:
-        return Logged(run_id, existing[0].info.run_id, 0, 0, True)
+    earlier = client.search_runs([experiment], f"tags.`{RUN_TAG}` = '{run_id}'", max_results=50000)
+    whole = [x for x in earlier if x.data.tags.get(COMPLETE) == "true"]
+    if whole:
+        return Logged(run_id, whole[0].info.run_id, 0, 0, True)
+    for x in earlier:  # a part: its parent without the mark, and the cells it got to
+        client.delete_run(x.info.run_id)
     cfg = run.meta.config
     parent = client.create_run(experiment, run_name=run_id, start_time=_ms(run.meta.created),
                                tags={RUN_TAG: run_id, "fwbench.kind": "run"}).info.run_id
@@ -159,5 +156,6 @@ def log_run(run: Run, uri: str, experiment_name: str = EXPERIMENT) -> Logged:
     metrics = sum(_log_cell(client, experiment, parent, run, r) for r in run.records)
     _artifacts(client, parent, run)
     ended = [e for r in run.records if (e := _ms(r.ended)) is not None]
+    client.set_tag(parent, COMPLETE, "true")
     client.set_terminated(parent, end_time=max(ended) if ended else None)
     return Logged(run_id, parent, len(run.records), metrics, False)

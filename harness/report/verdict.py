@@ -479,7 +479,7 @@ def meta_lines(meta: RunMeta, drift: tuple[float, float] | None = None,
 
 
 def report_title(a: Analysis) -> str:
-    """What was run, where: "mlp, lenet on torch, jax (quick, AMD EPYC, 2 cores)" (the run
+    """What was run, where: "mlp, lenet on torch, jax (quick; AMD EPYC, 2 cores)" (the run
     folder's name says nothing when it is "runs/2026-..." or "reports")."""
     cfg, env = a.meta.config, a.meta.environment
     device = "" if cfg.device == "cpu" else f", {cfg.device}"
@@ -643,10 +643,9 @@ def compare_summary(result: Any) -> str:
     tested = sum(c.tested for c in result.changes)
     drift = ("after the machine's drift" if result.stats.drift is not None
              else "machine drift not corrected")
-    test = (f"the raw process test (Holm, not corrected for drift) separates none of the "
-            f"{tested} tested cells" if not raw else
-            f"the raw process test (Holm, not corrected for drift) separates {raw} of the "
-            f"{tested} tested cells: the two runs' figures differ there, which the machine's own "
-            "drift between the runs may explain; only the verdicts correct for it")
+    test = (f"the raw process test (Holm, not corrected for drift) separates {raw or 'none'} of "
+            f"the {tested} tested cells" + (": the two runs' figures differ there, which the "
+                                            "machine's own drift between the runs may explain; "
+                                            "only the verdicts correct for it" if raw else ""))
     return (f"verdicts over {m} cells, {drift} (threshold {result.stats.threshold_pct:g}%): "
             + ", ".join(f"{k} {w}" for w, k in counts.items()) + f"; {test}")

@@ -227,8 +227,8 @@ def _epochs(req, task, adapter, arrays, memory, monitor, out) -> _Loop:
             loop.status, loop.error = "diverged", f"loss is {losses[-1]} at epoch {epoch} step {bad}"
         loop.train_wall += time.perf_counter() - wall0
         loop.train_cpu += time.process_time() - cpu0
-        loop.losses += losses
         monitor.train_end()
+        loop.losses += losses
         loop.train_peak = max(loop.train_peak, memory.peak)
         if loop.status != "ok" or req.timing_only:
             break
