@@ -11,8 +11,8 @@ in ``train()``, masks from torch's RNG (seeded from ``options["seed"]`` when giv
 probe (logits, gradients, evaluation) runs in ``eval()``, where it is the identity.
 
 ``options["float64"]``: the model, its optimizer state and the inputs in float64 (exports stay
-float32). ``fwbench check`` uses it as the ground truth that every backend, this adapter in
-float32 included, is compared with (``parity.REFERENCE``).
+float32). The tests use it to cross-check the NumPy reference's float64 gradients, the
+ground truth of ``fwbench check``, with PyTorch's autograd.
 """
 
 from __future__ import annotations

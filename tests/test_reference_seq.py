@@ -17,14 +17,14 @@ def test_same_conv2d_is_a_valid_conv_of_the_explicitly_padded_input():
         b = rng.standard_normal(4)
         padded = np.zeros((2, 3, 6 + before + after, 5 + before + after))
         padded[:, :, before : before + 6, before : before + 5] = x
-        out = reference.conv2d(spec.Conv2D(4, k_size, "same"), x, k, b)
+        out = reference.conv(spec.Conv2D(4, k_size, "same"), x, k, b)[0]
         assert out.shape == (2, 4, 6, 5)
-        np.testing.assert_allclose(out, reference.conv2d_valid(padded, k, b))
+        np.testing.assert_allclose(out, reference.conv2d_valid(padded, k, b)[0])
         # one output by hand: the top-left corner only sees the kernel's lower-right part
         by_hand = (x[1, :, : k_size - before, : k_size - before] * k[2, :, before:, before:]).sum() + b[2]
         assert np.isclose(out[1, 2, 0, 0], by_hand)
-    valid = reference.conv2d(spec.Conv2D(4, 3), x, k, b)
-    np.testing.assert_array_equal(valid, reference.conv2d_valid(x, k, b))
+    valid = reference.conv(spec.Conv2D(4, 3), x, k, b)[0]
+    np.testing.assert_array_equal(valid, reference.conv2d_valid(x, k, b)[0])
 
 
 def test_conv1d_matches_a_naive_loop_valid_and_same():
@@ -32,19 +32,19 @@ def test_conv1d_matches_a_naive_loop_valid_and_same():
     x = rng.standard_normal((2, 7, 3))  # [N, T, C]
     k = rng.standard_normal((4, 3, 5))  # [O, C, k]
     b = rng.standard_normal(4)
-    valid = reference.conv1d(spec.Conv1D(4, 5), x, k, b)
+    valid = reference.conv(spec.Conv1D(4, 5), x, k, b)[0]
     assert valid.shape == (2, 3, 4)
     for n, t, o in ((0, 0, 0), (1, 2, 3)):
         assert np.isclose(valid[n, t, o], sum(x[n, t + j, c] * k[o, c, j] for j in range(5) for c in range(3)) + b[o])
-    same = reference.conv1d(spec.Conv1D(4, 5, "same"), x, k, b)
+    same = reference.conv(spec.Conv1D(4, 5, "same"), x, k, b)[0]
     assert same.shape == (2, 7, 4)
     padded = np.concatenate([np.zeros((2, 2, 3)), x, np.zeros((2, 2, 3))], axis=1)
-    np.testing.assert_allclose(same, reference.conv1d(spec.Conv1D(4, 5), padded, k, b))
+    np.testing.assert_allclose(same, reference.conv(spec.Conv1D(4, 5), padded, k, b)[0])
 
 
 def test_maxpool1d_over_time():
     x = np.array([[[1.0, 9.0], [3.0, 2.0], [5.0, 0.0], [4.0, 7.0], [100.0, 100.0]]])  # [1, T=5, C=2]
-    np.testing.assert_array_equal(reference.maxpool1d(x, 2), [[[3.0, 9.0], [5.0, 7.0]]])
+    np.testing.assert_array_equal(reference.maxpool1d(x, 2)[0], [[[3.0, 9.0], [5.0, 7.0]]])
 
 
 def _gru_step_by_hand(x, h, w_ih, w_hh, b_ih, b_hh):
@@ -62,8 +62,8 @@ def test_gru_steps_by_hand_on_2x3_inputs():
     w_ih, w_hh = rng.standard_normal((3 * hid, 3)), rng.standard_normal((3 * hid, hid))
     b_ih, b_hh = rng.standard_normal(3 * hid), rng.standard_normal(3 * hid)
     x = rng.standard_normal((2, 3, 3))  # 2 examples, T = 3, 3 features
-    seq = reference.gru(x, w_ih, w_hh, b_ih, b_hh, return_sequences=True)
-    last = reference.gru(x, w_ih, w_hh, b_ih, b_hh, return_sequences=False)
+    seq = reference.gru(x, w_ih, w_hh, b_ih, b_hh, return_sequences=True)[0]
+    last = reference.gru(x, w_ih, w_hh, b_ih, b_hh, return_sequences=False)[0]
     assert seq.shape == (2, 3, hid) and last.shape == (2, hid)
     for n in range(2):
         h = np.zeros(hid)
@@ -81,7 +81,7 @@ def test_gru_reset_gate_is_applied_after_the_recurrent_matmul():
     w_hh = np.zeros((3, 1))
     b_ih = np.array([0.0, -50.0, 0.0])  # r = sigmoid(0 + b_hr), z ~ 0
     b_hh = np.array([np.log(3.0), 0.0, 2.0])  # r = 0.75, b_hn = 2
-    out = reference.gru(np.zeros((1, 1, 1)), w_ih, w_hh, b_ih, b_hh, return_sequences=False)
+    out = reference.gru(np.zeros((1, 1, 1)), w_ih, w_hh, b_ih, b_hh, return_sequences=False)[0]
     np.testing.assert_allclose(out[0, 0], np.tanh(0.75 * 2.0), rtol=1e-12)
     assert hid == out.shape[1]
 
@@ -100,7 +100,7 @@ def test_bidirectional_sum_is_fw_plus_bw_on_the_reversed_input():
     def stack(direction, seq):
         g0 = [p[f"0.{direction}.0.{r}"] for r in ("w_ih", "w_hh", "b_ih", "b_hh")]
         g1 = [p[f"0.{direction}.1.{r}"] for r in ("w_ih", "w_hh", "b_ih", "b_hh")]
-        return reference.gru(reference.gru(seq, *g0, True), *g1, False)
+        return reference.gru(reference.gru(seq, *g0, True)[0], *g1, False)[0]
 
     expected = stack("fw", x) + stack("bw", x[:, ::-1])
     np.testing.assert_allclose(reference.forward(task, p, x), expected)

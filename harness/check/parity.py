@@ -4,8 +4,9 @@ For each backend (each in its own worker process), from the canonical weights of
 on real batches of the shipped sample:
 
 - logits and loss on batch 0, compared with the NumPy reference (``reference.forward``);
-- gradients on batch 0, compared with the ground truth: the PyTorch adapter in float64
-  (``REFERENCE``, a process of its own; float32 PyTorch is one of the compared backends);
+- gradients on batch 0, compared with the ground truth: the NumPy reference's own float64
+  gradients (``reference.gradients``, ``REFERENCE``), which need no compared framework (the
+  tests cross-check them with PyTorch in float64 on every task);
 - 3 optimizer steps on batches 1, 2, 3: the parameters after them compared with the spec's
   optimizer formula (``reference.optimizer_step``, float64) replayed from the initial weights
   on the gradients this backend reported at each step. The gradients are checked above; this
@@ -48,9 +49,7 @@ from fwbench.harness.catalog import tasks as task_registry
 from fwbench.harness.adapter import Backend
 from fwbench.harness.errors import FwbenchError
 
-REFERENCE_BACKEND = "torch"
-NOT_CHECKED = "gradients not checked"  # the breach of a row without its ground truth
-REFERENCE = "torch float64"  # the probe that gradients and 3-step moves are compared with
+REFERENCE = "NumPy float64"  # the ground truth of the gradients: reference.gradients
 TOLERANCES = {
     "init": 0.0,  # canonical -> framework -> canonical must be exact
     "logits_abs": 1e-4,
@@ -89,9 +88,6 @@ class Row:
     # the adapter declares a layer of the task unsupported (one line); nothing was compared,
     # and it is no failure (``ok``): the table says so
     unsupported: str | None = None
-    # why the gradients were not compared (no ground truth for this task); a breach, unless
-    # the caller accepted a forward-only check (``fwbench check --forward-only``)
-    forward_only: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -154,10 +150,9 @@ def tolerance(task: spec.Task, backend: str, metric: str, loose: Loosened | None
 
 
 def compare(task: spec.Task, backend: str, probe: dict[str, np.ndarray],
-            ref: dict[str, np.ndarray] | None, batches: dict[str, np.ndarray], seed: int,
-            no_ref: str = "", forward_only_ok: bool = False, loose: Loosened | None = None) -> Row:
-    """One backend's row; without ``ref`` (``no_ref`` says why) the gradients are not
-    compared, which fails the row unless ``forward_only_ok``."""
+            ground_truth: dict[str, np.ndarray], batches: dict[str, np.ndarray], seed: int,
+            loose: Loosened | None = None) -> Row:
+    """One backend's row; ``ground_truth``: the float64 gradients on batch 0."""
     params = spec.init_params(task, seed)
     row = Row(task.name, backend)
     row.init = max(float(np.abs(probe[f"init/{k}"] - v).max()) for k, v in params.items())
@@ -165,26 +160,20 @@ def compare(task: spec.Task, backend: str, probe: dict[str, np.ndarray],
     row.logits_abs = float(np.abs(probe["logits"] - ref_logits).max())
     ref_loss = reference.softmax_cross_entropy(ref_logits, batches["y0"])
     row.loss_rel = abs(float(probe["loss"]) - ref_loss) / abs(ref_loss)
-    if ref is not None:
-        grads = {k: _rel(probe[f"grad/{k}"], ref[f"grad/{k}"]) for k in params}
-        row.grad_rel = max(grads.values())
-        row.worst = f"grad {max(grads, key=grads.get)}"
+    grads = {k: _rel(probe[f"grad/{k}"], ground_truth[k]) for k in params}
+    row.grad_rel = max(grads.values())
     replay, state = dict(params), {}
     for t in (1, 2, 3):
         replay = reference.optimizer_step(task.optimizer, replay,
                                           {k: probe[f"step{t}/{k}"] for k in params}, state, t)
     moves = {k: _rel_l2(probe[f"params/{k}"] - params[k], replay[k] - params[k]) for k in params}
     row.params_rel = max(moves.values())
-    row.worst += f"{', ' if row.worst else ''}params {max(moves, key=moves.get)}"
+    row.worst = f"grad {max(grads, key=grads.get)}, params {max(moves, key=moves.get)}"
     for metric in ("init", "logits_abs", "loss_rel", "grad_rel", "params_rel"):
         value = getattr(row, metric)
         limit = tolerance(task, backend, metric, loose)
-        if value is not None and not value <= limit:
+        if not value <= limit:
             row.breaches.append(f"{metric} {value:.2e} > {limit:.0e}")
-    if ref is None:
-        row.forward_only = no_ref or f"no {REFERENCE} probe"
-        if not forward_only_ok:
-            row.breaches.append(NOT_CHECKED)
     return row
 
 
@@ -254,35 +243,16 @@ def run_probes(backends: dict[str, Backend], names: list[str], tasks: list[str],
 def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed: int = 0,
           threads: int = 1, timeout_s: float = 900.0,
           on_status: Callable[[str], None] = lambda s: None,
-          pythons: dict[str, str] | None = None, device: str = "cpu",
-          forward_only_ok: bool = False) -> list[Row]:
+          pythons: dict[str, str] | None = None, device: str = "cpu") -> list[Row]:
     """Probe every backend in ``names`` (each in its own process, with its interpreter in
-    ``pythons``, if any) and compare. Without the ground truth of the gradients (torch in
-    float64) a row fails, saying why, unless ``forward_only_ok``."""
-    order, pythons = list(names), dict(pythons or {})
+    ``pythons``, if any) and compare, the gradients with the NumPy reference's (computed here,
+    once per task that some backend ran)."""
     loose = loosened(backends, names)
-    base = backends.get(REFERENCE_BACKEND)
-    no_ref = ""
-    if base is not None and (not base.missing() or REFERENCE_BACKEND in pythons):
-        backends = {**backends, REFERENCE: dataclasses.replace(
-            base, name=REFERENCE, options={**base.options, "float64": True})}
-        order.insert(0, REFERENCE)
-        if REFERENCE_BACKEND in pythons:
-            pythons[REFERENCE] = pythons[REFERENCE_BACKEND]
-    else:
-        no_ref = (f"the ground truth ({REFERENCE}) needs {REFERENCE_BACKEND}, which is "
-                  + ("neither installed here nor has an env" if pythons else "not installed here"))
-    batches, probes, errors = run_probes(backends, order, tasks, seed, threads, timeout_s, on_status,
-                                         pythons, device)
+    batches, probes, errors = run_probes(backends, names, tasks, seed, threads, timeout_s,
+                                         on_status, pythons, device)
     rows: list[Row] = []
     for t in tasks:
-        why = no_ref
-        if REFERENCE in errors:  # shown: the rows below then have no ground truth
-            rows.append(Row(t, REFERENCE, error=errors[REFERENCE]))
-            why = f"the ground truth ({REFERENCE}) failed"
-        ref = probes.get(REFERENCE, {}).get(t)
-        if ref is not None and "unsupported" in ref:
-            ref, why = None, f"the ground truth ({REFERENCE}) cannot run {t}"
+        task, ground_truth = task_registry.get(t), None
         for name in names:
             if name in errors:
                 rows.append(Row(t, name, error=errors[name]))
@@ -290,6 +260,9 @@ def check(backends: dict[str, Backend], names: list[str], tasks: list[str], seed
             if "unsupported" in probes[name][t]:
                 rows.append(Row(t, name, unsupported=str(probes[name][t]["unsupported"])))
                 continue
-            rows.append(compare(task_registry.get(t), name, probes[name][t], ref, batches[t], seed,
-                                why, forward_only_ok, loose))
+            if ground_truth is None:
+                on_status(f"{REFERENCE} gradients of {t}")
+                ground_truth = reference.gradients(task, spec.init_params(task, seed),
+                                                   batches[t]["x0"], batches[t]["y0"])[1]
+            rows.append(compare(task, name, probes[name][t], ground_truth, batches[t], seed, loose))
     return rows

@@ -115,7 +115,6 @@ def check_cmd(
     envs_dir: Optional[Path] = typer.Option(None, "--envs-dir", help=ENVS_DIR_HELP),
     create_envs: bool = typer.Option(False, "--create-envs", help=CREATE_ENVS_HELP),
     device: Optional[str] = typer.Option(None, "--device", help=DEVICE_HELP),
-    forward_only: bool = typer.Option(False, "--forward-only", help=f"Accept rows whose gradients cannot be checked (no {parity.REFERENCE} ground truth here): they pass as 'fwd only' (default: they fail)."),
 ) -> None:
     """Parity proof: every backend computes the same logits, loss, gradients and 3 steps."""
     chosen = task_names(tasks) or all_task_names()
@@ -128,17 +127,12 @@ def check_cmd(
     if not 1 <= threads <= len(environment.available_cpus()):
         raise FwbenchError(f"--threads must be between 1 and {len(environment.available_cpus())}")
     env_map = resolve_envs(names, known, isolated, envs_dir, create_envs)
-    ref = parity.REFERENCE_BACKEND
-    if isolated and ref not in env_map and ref in known:  # the reference from its env, if any
-        found = envs.find(envs.requirement_set(known[ref]), root)
-        if found is not None:
-            env_map[ref] = found.info()
     print_envs(env_map)
     pythons = {n: runner.env_python(e) for n, e in env_map.items()}
     with console.status("probing") as status:
         rows = parity.check(known, names, chosen, seed=seed, threads=threads,
                             on_status=lambda s: status.update(s), pythons=pythons,
-                            device=dev.name, forward_only_ok=forward_only)
+                            device=dev.name)
     console.print(_check_table(rows, names, f"seed {seed}{', ' + dev.name if dev.gpu else ''}"))
     _print_check_notes(rows, parity.loosened(known, names))
     if not all(r.ok for r in rows):
@@ -164,8 +158,6 @@ def _check_backends(backends: Optional[str], isolated: bool,
 
 def _fmt(v: float | None) -> str:
     """6 characters at most: 80 columns fit."""
-    if v is None:  # not compared: no reference probe (torch missing) for this task
-        return "-"
     return "0" if v == 0 else f"{v:.1e}".replace("e-0", "e-").replace("e+0", "e+")
 
 
@@ -182,8 +174,7 @@ def _check_table(rows: list[parity.Row], names: list[str], what: str) -> Table:
         elif r.unsupported:
             t.add_row(r.task, r.backend, "", "", "", "", "", "[yellow]unsupported[/]")
         else:
-            result = ("[red]FAIL[/]" if not r.ok else "[yellow]fwd only[/]" if r.forward_only
-                      else "[green]pass[/]")
+            result = "[green]pass[/]" if r.ok else "[red]FAIL[/]"
             t.add_row(r.task, r.backend, _fmt(r.init), _fmt(r.logits_abs), _fmt(r.loss_rel),
                       _fmt(r.grad_rel), _fmt(r.params_rel), result)
     return t
@@ -192,18 +183,11 @@ def _check_table(rows: list[parity.Row], names: list[str], what: str) -> Table:
 def _print_check_notes(rows: list[parity.Row], loose: parity.Loosened) -> None:
     """The problems, the unsupported cells, the legend, the tolerances and what is loosened."""
     for r in rows:
-        breaches = [b for b in r.breaches if b != parity.NOT_CHECKED]
         if r.error:
             console.print(f"[red]{r.task}/{r.backend}: {r.error}[/]", highlight=False)
-        elif not r.unsupported and breaches:
-            console.print(f"[red]{r.task}/{r.backend}: " + "; ".join(breaches) + "[/]",
+        elif not r.unsupported and r.breaches:
+            console.print(f"[red]{r.task}/{r.backend}: " + "; ".join(r.breaches) + "[/]",
                           highlight=False)
-    for why in dict.fromkeys(r.forward_only for r in rows if r.forward_only):
-        failed = [r for r in rows if r.forward_only == why and parity.NOT_CHECKED in r.breaches]
-        console.print(f"gradients not checked: {why}; "
-                      + (f"{len(failed)} row(s) FAIL (install it, or accept a forward-only check "
-                         "with --forward-only)" if failed else "accepted (--forward-only)"),
-                      style="red" if failed else "yellow", highlight=False, markup=False)
     for r in rows:  # declared by the adapter before building: not a failure
         if r.unsupported and not r.error:
             console.print(f"{r.task}/{r.backend}: {r.unsupported}", style="yellow",
@@ -211,9 +195,10 @@ def _print_check_notes(rows: list[parity.Row], loose: parity.Loosened) -> None:
     console.print("columns: init = canonical round trip (exact); logits = max abs difference, "
                   "loss = relative difference, against the NumPy reference; grad = max "
                   "difference relative to the tensor's largest magnitude, against "
-                  f"{parity.REFERENCE} (ground truth); 3 steps = L2 distance of the 3-step "
-                  "parameter move relative to its L2 norm, per tensor, against the spec's "
-                  "optimizer replayed in float64 on the backend's own gradients; probe images "
+                  f"{parity.REFERENCE} (the NumPy reference's own: the ground truth); 3 steps "
+                  "= L2 distance of the 3-step parameter move relative to its L2 norm, per "
+                  "tensor, against the spec's optimizer replayed in float64 on the backend's own "
+                  "gradients; probe images "
                   f"jittered by <= {parity.JITTER:g} (no max-pool ties).", style="dim")
     console.print("tolerances: init exact; logits abs <= 1e-4, loss rel <= 1e-5, gradients "
                   "<= 1e-4, 3-step moves <= 1e-4 (SGD) / 1e-3 (RMSprop, Adam).", style="dim")
