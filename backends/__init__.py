@@ -58,3 +58,16 @@ FLAX = Backend(
     requires=("flax", "jax", "optax"),
     description="Flax NNX modules + optax via nnx.Optimizer, nnx.jit step",
 )
+PADDLE = Backend(
+    name="paddle",
+    adapter="fwbench.backends.paddle_backend:PaddleAdapter",
+    requires=("paddlepaddle",),
+    description="PaddlePaddle, dygraph nn.Layer + paddle.optimizer",
+)
+PADDLE_STATIC = Backend(
+    name="paddle-static",
+    adapter="fwbench.backends.paddle_backend:PaddleAdapter",
+    requires=("paddlepaddle",),
+    options={"to_static": True},
+    description="PaddlePaddle with paddle.jit.to_static on the forward (variant)",
+)

@@ -83,7 +83,7 @@ def test_versions_and_copies_go_through_one_path(known):
 def test_the_repo_pins_every_backend_and_variants_share_their_base_env(known):
     sets = {n: envs.requirement_set(known[n]) for n in
             ("torch", "torch-compile", "jax", "flax", "tensorflow", "tensorflow-xla",
-             "mindspore", "mindspore-pynative")}
+             "mindspore", "mindspore-pynative", "paddle", "paddle-static")}
     for name, rs in sets.items():
         assert rs.origin == f"requirements/{rs.family}.txt"
         assert rs.lines and all("==" in line for line in rs.lines), (name, rs.lines)  # pinned
@@ -91,7 +91,8 @@ def test_the_repo_pins_every_backend_and_variants_share_their_base_env(known):
     assert sets["torch-compile"].key == sets["torch"].key  # same env, same name
     assert sets["tensorflow-xla"].name == sets["tensorflow"].name
     assert sets["mindspore-pynative"].key == sets["mindspore"].key
-    assert len({sets[n].key for n in ("torch", "jax", "flax", "tensorflow", "mindspore")}) == 5
+    assert sets["paddle-static"].key == sets["paddle"].key  # paddlepaddle.txt, found by its distribution
+    assert len({sets[n].key for n in ("torch", "jax", "flax", "tensorflow", "mindspore", "paddle")}) == 6
     ms = dict(line.split("==") for line in sets["mindspore"].lines)
     assert ms["numpy"].startswith("1."), "MindSpore 2.10 needs NumPy 1.x"
     assert sets["jax"].name == f"jax-{sets['jax'].key[:12]}"

@@ -24,7 +24,9 @@ TESTS = Path(__file__).parent
 
 # family -> distributions its loop imports
 NEEDS = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "mindspore": ("mindspore",),
-         "jax": ("jax", "optax"), "flax": ("flax", "jax", "optax")}
+         "jax": ("jax", "optax"), "flax": ("flax", "jax", "optax"), "paddle": ("paddlepaddle",)}
+# the tasks each family's loop trains (issue 12's three; Paddle's loop has every task)
+LOOP_TASKS = {"paddle": ("mlp", "lenet", "lstm", "cnn", "gru", "bigru", "cnn_gru")}
 
 
 def _missing(family: str) -> list[str]:
@@ -47,7 +49,7 @@ from fwbench.harness.catalog import tasks
 from fwbench.harness.run.worker import load_loop
 loop = load_loop(sys.argv[1])
 out = {}
-for name in ("mlp", "lenet", "lstm"):
+for name in sys.argv[2].split(","):
     task = spec.TASKS[name]
     arrays = tasks.arrays(task, tasks.prepare(task, "smoke"))
     x, y = arrays["x_train"], arrays["y_train"]
@@ -69,12 +71,14 @@ def test_each_loop_builds_runs_and_learns(family, tmp_path):
     if missing:
         pytest.skip(f"{family} not installed (missing {', '.join(missing)})")
     path = idiomatic.loops_dir() / idiomatic.LOOP_FILES[family]
-    r = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "PJRT_NPROC": "1", "OMP_NUM_THREADS": "1"})
+    names = LOOP_TASKS.get(family, ("mlp", "lenet", "lstm"))
+    r = subprocess.run([sys.executable, "-c", PROBE, str(path), ",".join(names)], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "PJRT_NPROC": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("RESULT "))
     out = json.loads(line[len("RESULT "):])
-    for name in ("mlp", "lenet", "lstm"):
+    assert list(out) == list(names)
+    for name in names:
         losses = out[name]["losses"]
         assert out[name]["types"] == ["float"], (name, out[name]["types"])
         assert len(losses) == (22 if name == "mlp" else 3)
@@ -104,6 +108,7 @@ def test_family_variants_and_loop_paths():
     assert idiomatic.variants_of("torch-compile", known) == ["torch"]
     assert idiomatic.variants_of("jax", known) == []
     assert idiomatic.loop_path("tensorflow-xla").name == "keras_loop.py"
+    assert idiomatic.loop_path("paddle-static").name == "paddle_loop.py"
     with pytest.raises(Exception, match="no idiomatic reference loop"):
         idiomatic.loop_path("toy")
 
@@ -156,7 +161,7 @@ def test_summary_ratio_ci_and_target_from_process_figures():
     assert jax_row.failed == ["loop round 4: crashed: boom"]
 
     console = Console(width=200, record=True, color_system=None)
-    columns = ["torch", "tensorflow", "mindspore", "jax", "flax"]  # the widest case
+    columns = ["torch", "tensorflow", "mindspore", "jax", "flax", "paddle"]  # the widest case
     for item in idiomatic.tables(rows, ["mlp", "lenet", "lstm"], columns, 3, 200, "quick"):
         console.print(item)
     for line, _ in idiomatic.notes(rows, 3):

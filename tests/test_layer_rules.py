@@ -80,7 +80,7 @@ def test_an_unsupported_layer_raises_one_line_naming_it():
     assert spec.unsupported_layers(spec.TASKS["lenet"], spec.LayerRules("all", _rules())) == []
 
 
-# Every module with rules: (module, distributions it needs, families of rules it must hold).
+# Every module with rules: (module, modules it needs, families of rules it must hold).
 PLACES = [
     ("fwbench.harness.spec", (), {"layer"}),
     ("fwbench.harness.reference", (), {"layer", "optimizer"}),
@@ -92,6 +92,7 @@ PLACES = [
     ("fwbench.backends.jax_backend", backends.JAX.requires, {"layer"}),
     ("fwbench.backends.jax_common", backends.JAX.requires, {"optimizer"}),
     ("fwbench.backends.flax_backend", backends.FLAX.requires, {"layer"}),
+    ("fwbench.backends.paddle_backend", ("paddle",), {"layer", "optimizer"}),  # of paddlepaddle
 ]
 
 # In a fresh process: import the module, add a layer and an optimizer type to the spec and

@@ -1,7 +1,7 @@
-"""The torch, Keras (tensorflow) and MindSpore adapters on the layers of issue 14 (same-padding
-Conv2D, Conv1D, MaxPool1D, stacked GRU, Bidirectional, Dropout): exact layout round trips,
-logits against the NumPy reference, gradients against central differences, dropout only in
-training (see tests/layer_cases.py; the JAX family: tests/test_layers_jax.py)."""
+"""The torch, Keras (tensorflow), MindSpore and PaddlePaddle adapters on the layers of issue 14
+(same-padding Conv2D, Conv1D, MaxPool1D, stacked GRU, Bidirectional, Dropout): exact layout
+round trips, logits against the NumPy reference, gradients against central differences, dropout
+only in training (see tests/layer_cases.py; the JAX family: tests/test_layers_jax.py)."""
 
 import pytest
 
@@ -14,7 +14,8 @@ from layer_cases import (CASES, NEW_TASKS, check_dropout_only_in_training, check
 pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quick subset skips them)
 
 FRAMEWORKS = {"torch": ("torch", "PyTorch", "torch"), "tensorflow": ("keras", "Keras/TensorFlow", "tensorflow"),
-              "mindspore": ("mindspore", "MindSpore", "mindspore")}
+              "mindspore": ("mindspore", "MindSpore", "mindspore"),
+              "paddle": ("paddle", "PaddlePaddle", "paddle")}
 
 
 @pytest.fixture(scope="module", params=list(FRAMEWORKS))

@@ -10,8 +10,8 @@ initialisers. They do not import fwbench.
 The sweep: for each round, task and backend, one fresh worker process (``worker.idiomatic``)
 times the adapter's ``train_step``, the next one the reference loop's step -- interleaved
 (adapter, loop, adapter, loop, ...), then one process per variant of the framework
-(``torch-compile``, ``tensorflow-xla``, ``mindspore-pynative``) -- on the same batches in the
-same order, with warm-up steps first. Each process is reduced to one figure, the median of
+(``torch-compile``, ``tensorflow-xla``, ``mindspore-pynative``, ``paddle-static``) -- on the
+same batches in the same order, with warm-up steps first. Each process is reduced to one figure, the median of
 its timed steps (``stats.process_figure``), and the table reports, per task and backend:
 
 - ratio = median adapter figure / median loop figure over rounds, with a bootstrap CI that
@@ -45,6 +45,7 @@ LOOP_FILES = {
     "mindspore": "mindspore_loop.py",
     "jax": "jax_loop.py",
     "flax": "flax_loop.py",
+    "paddle": "paddle_loop.py",
 }
 PROFILES = ("smoke", "quick")
 WARMUP = 5  # untimed steps per process: compilation, tracing, allocator
