@@ -39,7 +39,7 @@ def overhead_cmd(
                                           "default) or quick (full data)."),
     variants: bool = typer.Option(True, "--variants/--no-variants", help="With --against: also time "
                                   "the framework's variants (torch-compile, tensorflow-xla, "
-                                  "mindspore-pynative) for the target column."),
+                                  "mindspore-pynative, paddle-static) for the target column."),
     data_dir: Optional[Path] = typer.Option(None, help="With --against: folder with mnist/ and "
                                             "imdb/ files (or FWBENCH_DATA_DIR)."),
     out: Optional[Path] = typer.Option(None, help="With --against: write every process's step "

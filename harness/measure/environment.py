@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from fwbench.harness import records
 
 PACKAGES = ("fwbench", "numpy", "pandas", "torch", "tensorflow", "keras", "mindspore", "jax",
-            "jaxlib", "flax", "optax")
+            "jaxlib", "flax", "optax", "paddlepaddle")
 # The harness's own (the "runner packages" line): not what a backend's numbers depend on, so
 # a backend's "packages" line leaves them out (analysis.framework_versions).
 RUNNER_ONLY = ("fwbench", "pandas")
