@@ -3,6 +3,8 @@
 round trips, logits against the NumPy reference, gradients against central differences, dropout
 only in training (see tests/layer_cases.py; the JAX family: tests/test_layers_jax.py)."""
 
+import os
+
 import pytest
 
 from fwbench.harness.catalog import tasks
@@ -16,9 +18,15 @@ pytestmark = pytest.mark.slow  # processes or frameworks in every test (the quic
 FRAMEWORKS = {"torch": ("torch", "PyTorch", "torch"), "tensorflow": ("keras", "Keras/TensorFlow", "tensorflow"),
               "mindspore": ("mindspore", "MindSpore", "mindspore"),
               "paddle": ("paddle", "PaddlePaddle", "paddle")}
+# PaddlePaddle 3.3.1 segfaults when imported into a process that has imported TensorFlow 2.21
+# (`import tensorflow; import paddle`), and a pytest worker runs the frameworks one after
+# another: Paddle's cases run in a pytest process of their own (tests/test_layers_paddle.py
+# sets FWBENCH_LAYERS=paddle). fwbench itself never imports two frameworks in one process.
+OWN_PROCESS = {"paddle"}
+ONLY = os.environ.get("FWBENCH_LAYERS")
 
 
-@pytest.fixture(scope="module", params=list(FRAMEWORKS))
+@pytest.fixture(scope="module", params=[ONLY] if ONLY else [f for f in FRAMEWORKS if f not in OWN_PROCESS])
 def adapter(request):
     module, label, extra = FRAMEWORKS[request.param]
     pytest.importorskip(module, reason=f"{label} is not installed (pip install -e '.[{extra}]')")
